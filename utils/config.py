@@ -1,0 +1,251 @@
+"""Configuration: the original's keys and defaults, YAML merge and ``--set`` overrides.
+
+The config is a value: ``get_cfg_defaults()`` returns a fresh copy of the defaults, the merge
+functions update it, and the result is passed to the code that needs it. The merge rules are the
+original's: every key must already exist; string values go through ``ast.literal_eval`` (so
+``"1e-5"`` becomes a float and ``bsl`` stays a string); a value must have the default's type,
+except that lists and tuples convert into each other, strings accept anything (``str(v)``) and
+numpy arrays take the default's dtype. A violation is a ``UserError`` naming the key.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+from typing import Any, Iterable
+
+import numpy as np
+import yaml
+
+from utils.errors import UserError
+
+
+class AttrDict(dict):
+    """A dict whose items are also attributes (``cfg.NET.LR == cfg["NET"]["LR"]``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __deepcopy__(self, memo: dict) -> "AttrDict":
+        return AttrDict({k: copy.deepcopy(v, memo) for k, v in self.items()})
+
+
+def _to_attr(d: dict) -> AttrDict:
+    return AttrDict({k: _to_attr(v) if isinstance(v, dict) else v for k, v in d.items()})
+
+
+_DEFAULTS = {
+    "NUM_GPUS": 1,
+    "TRAIN": {
+        "BATCH_SIZE": 20,
+        "NUM_EPOCHS": 15,
+        "NUM_WORKERS": 4,
+        "MASK_LOSS": 0.0,
+        "PRETRAIN": 5,
+        # --- additions (the original's behaviour is the default) ---
+        # validate on un-augmented val images (the original validates on random crops/flips/jitter)
+        "DETERMINISTIC_VAL": False,
+        # mixed precision: "" (off, as the original), "bf16" or "fp16" (with a grad scaler)
+        "AMP": "",
+        # what to do with an image that turns out unreadable during a run: "stop" or "skip"
+        "ON_CORRUPT": "stop",
+        # validate every N epochs (the original: 2)
+        "VAL_EVERY": 2,
+        # run the train_voc monitoring pass in validation epochs (the original: True)
+        "VAL_TRAIN_VOC": True,
+        # stop each epoch after this many iterations (0 = whole epoch, as the original)
+        "MAX_ITERS": 0,
+        # channels_last memory format for the network (speed on GPU and modern CPUs)
+        "CHANNELS_LAST": False,
+        # torch.compile the model (start-up cost; off by default)
+        "COMPILE": False,
+    },
+    "TEST": {
+        "METHOD": "multiscale",
+        "DATA_ROOT": "/data/your_directory",
+        "SCALES": [1, 0.5, 1.5, 2.0],
+        "FLIP": True,
+        "PAD_SIZE": [1024, 1024],
+        "CROP_SIZE": [448, 448],
+        "CROP_GRID_SIZE": [2, 2],
+        "BATCH_SIZE": 8,
+        "BG_POW": 3,
+        "NUM_CLASSES": 21,
+        "USE_GT_LABELS": False,
+        "FP_CUT_SCORE": 0.1,
+    },
+    "DATASET": {
+        "CROP_SIZE": 321,
+        "SCALE_FROM": 0.9,
+        "SCALE_TO": 1.0,
+        "PATH": "data/images",
+        # --- additions ---
+        # root of the training file lists and the paths in them (the original hard-codes ./data)
+        "ROOT": "./data",
+        # names of the training / monitoring / validation lists under ROOT
+        "TRAIN_LIST": "train_augvoc.txt",
+        "TRAIN_VOC_LIST": "train_voc.txt",
+        "VAL_LIST": "val_voc.txt",
+    },
+    "NET": {
+        "MODEL": "vgg16",
+        "BACKBONE": "resnet50",
+        "PRE_WEIGHTS_PATH": "",
+        "OPT": "SGD",
+        "LR": 0.001,
+        "BETA1": 0.5,
+        "MOMENTUM": 0.9,
+        "WEIGHT_DECAY": 1e-5,
+        "LOSS": "SoftMargin",
+        "MASK_LOSS_BCE": 1.0,
+        "BG_SCORE": 0.1,
+        "FOCAL_P": 3,
+        "FOCAL_LAMBDA": 0.01,
+        "PAMR_KERNEL": [1, 2, 4, 8, 12, 24],
+        "PAMR_ITER": 10,
+        "SG_PSI": 0.3,
+        # --- additions ---
+        # train the backbone from random initialisation (no ImageNet file needed)
+        "FROM_SCRATCH": False,
+    },
+    "MASKS": {
+        "CRF": {
+            "ALPHA_LOW": 4,
+            "ALPHA_HIGH": 32,
+            # --- additions: dense CRF parameters (the original's hard-coded values) ---
+            "ITER": 10,
+            "POS_XY_STD": 3,
+            "POS_W": 3,
+            "BI_XY_STD": 80,
+            "BI_RGB_STD": 13,
+            "BI_W": 10,
+        },
+    },
+    "CUDA": False,
+    "DEBUG": False,
+    "PYTORCH_VERSION_LESS_THAN_040": False,
+}
+
+
+def get_cfg_defaults() -> AttrDict:
+    """A fresh copy of every default."""
+    return _to_attr(copy.deepcopy(_DEFAULTS))
+
+
+def _decode(value: Any) -> Any:
+    """The original's rule: strings go through literal_eval and stay strings if that fails."""
+    if isinstance(value, dict):
+        return _to_attr(value)
+    if not isinstance(value, str):
+        return value
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def _type_name(v: Any) -> str:
+    return "list" if isinstance(v, (list, tuple)) else type(v).__name__
+
+
+def _coerce(value: Any, default: Any, key: str) -> Any:
+    if type(value) is type(default):
+        return value
+    if isinstance(default, np.ndarray):
+        return np.array(value, dtype=default.dtype)
+    if isinstance(default, str):
+        return str(value)
+    if isinstance(default, tuple) and isinstance(value, list):
+        return tuple(value)
+    if isinstance(default, list) and isinstance(value, tuple):
+        return list(value)
+    raise UserError(
+        f"config key {key}: expected {_type_name(default)} (like {default!r}), got "
+        f"{_type_name(value)} {value!r}; write it in the default's type"
+    )
+
+
+def _merge(src: dict, dst: AttrDict, prefix: str) -> None:
+    for k, v in src.items():
+        key = f"{prefix}{k}"
+        if not isinstance(k, str) or k not in dst:
+            raise UserError(f"unknown config key {key}; check the spelling against utils/config.py")
+        v = _decode(v)
+        if isinstance(dst[k], dict):
+            if not isinstance(v, dict):
+                raise UserError(f"config key {key} is a group; give it a mapping of its keys, not {v!r}")
+            _merge(v, dst[k], key + ".")
+        else:
+            if isinstance(v, dict):
+                raise UserError(f"config key {key} is a single value, not a group")
+            dst[k] = _coerce(copy.deepcopy(v), dst[k], key)
+
+
+def merge_from_file(cfg: AttrDict, path: str) -> AttrDict:
+    """Merge the YAML file ``path`` into ``cfg`` (in place) and return it."""
+    try:
+        with open(path) as f:
+            data = yaml.load(f, Loader=yaml.FullLoader)
+    except FileNotFoundError:
+        raise UserError(f"config file {path} not found; pass an existing YAML file with --cfg (see configs/)") from None
+    except IsADirectoryError:
+        raise UserError(f"config file {path} is a directory; pass a YAML file with --cfg") from None
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise UserError(f"config file {path} is not valid YAML{at}: {problem}; fix the file") from None
+    if data is None:
+        return cfg
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys (like 'NET: {{MODEL: ae}}'), not {_type_name(data)}")
+    _merge(data, cfg, "")
+    return cfg
+
+
+def merge_from_list(cfg: AttrDict, pairs: Iterable[str]) -> AttrDict:
+    """Merge ``KEY VALUE [KEY VALUE ...]`` overrides (``--set``) into ``cfg`` and return it."""
+    pairs = list(pairs)
+    if len(pairs) % 2:
+        raise UserError(f"--set takes KEY VALUE pairs, got an odd number of tokens: {' '.join(pairs)}")
+    for key, raw in zip(pairs[0::2], pairs[1::2]):
+        node = cfg
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                raise UserError(f"unknown config key {key}; check the spelling against utils/config.py")
+            if i < len(parts) - 1:
+                node = node[part]
+        if isinstance(node[parts[-1]], dict):
+            raise UserError(f"config key {key} is a group; set its keys one by one (e.g. {key}.<KEY> VALUE)")
+        node[parts[-1]] = _coerce(_decode(raw), node[parts[-1]], key)
+    return cfg
+
+
+def load_cfg(cfg_file: str | None, set_cfgs: Iterable[str] = ()) -> AttrDict:
+    """Defaults, then the YAML file, then the ``--set`` overrides."""
+    cfg = get_cfg_defaults()
+    if cfg_file:
+        merge_from_file(cfg, cfg_file)
+    merge_from_list(cfg, set_cfgs)
+    return cfg
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, tuple):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
+
+
+def cfg_to_yaml(cfg: AttrDict) -> str:
+    """The resolved config as YAML that ``merge_from_file`` reads back to the same values."""
+    return yaml.safe_dump(_plain(cfg), sort_keys=False, default_flow_style=None)

@@ -1,0 +1,39 @@
+"""The project's own error type and the one top-level handler every entry point uses.
+
+An expected problem (a missing file, a malformed list, an unknown config key, ...) is raised as
+``UserError`` with one line naming the problem and the fix. ``run_main`` prints that line on
+stderr and exits with status 2; anything else keeps its traceback.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment that the user can fix."""
+
+
+def user_error_lines(e: BaseException) -> list[str]:
+    """The message lines of a UserError, also when a DataLoader worker re-raised it with its traceback."""
+    text = str(e)
+    if "Original Traceback" in text:
+        # torch re-raises worker exceptions as "Caught UserError in DataLoader worker ... Traceback ...";
+        # the worker's own message is what follows the last "UserError: "
+        text = text.rsplit("UserError: ", 1)[-1]
+    return [line for line in text.splitlines() if line.strip()] or ["unknown error"]
+
+
+def run_main(main: Callable[[], int | None]) -> None:
+    """Run ``main`` and turn ``UserError`` into one line on stderr and exit status 2."""
+    try:
+        code = main()
+    except UserError as e:
+        # one line per problem (validation may report several at once)
+        for line in user_error_lines(e):
+            sys.stderr.write(f"error: {line}\n")
+        sys.stderr.flush()
+        sys.exit(EXIT_USER_ERROR)
+    sys.exit(code or 0)
