@@ -1,0 +1,200 @@
+"""Pascal VOC / SBD training data: file lists, the training dataset (SPEC 3.2, 3.3, 3.5) and its DataLoader.
+
+Differences from the original, each for robustness: the data root and list names come from the config
+(DATASET.ROOT, DATASET.*_LIST) instead of a hard-coded ``./data``; list sizes are not asserted (only that a split
+is not empty); a missing or unreadable file is a ``UserError`` naming it, and with TRAIN.ON_CORRUPT "skip" an
+image that turns out corrupt during a run is dropped from its batch with a warning instead of stopping the run;
+the validation splits can be read without augmentation (TRAIN.DETERMINISTIC_VAL).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data.dataloader import default_collate
+
+from datasets.transforms import build_transform
+from datasets.voc import IGNORE_INDEX, NUM_CLASSES, labels_from_mask
+from utils.errors import UserError
+from utils.opts import seed_worker as default_seed_worker
+
+SPLIT_LISTS = {"train": "TRAIN_LIST", "train_voc": "TRAIN_VOC_LIST", "val": "VAL_LIST"}
+MAX_REPORTED = 20  # missing files listed in one error before "and N more"
+# what PIL raises for a truncated or otherwise broken file
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def read_file_list(list_path: str, root: str, need_masks: bool, check_exists: bool = True) -> list[tuple[str, str | None]]:
+    """Parse a file list of the original's format into (image path, mask path or None), both joined with ``root``.
+
+    A line holds ``<image> <mask>`` or, for the test list, ``<image>`` only (then the mask is None; with
+    ``need_masks`` that is an error). Leading/trailing slashes of each column are stripped before joining, as the
+    original's inference loader does. Blank lines are skipped. With ``check_exists`` every listed file must exist;
+    all missing ones are reported at once (up to MAX_REPORTED), one line each.
+    """
+    if not os.path.isdir(root):
+        raise UserError(f"data root {root} is not a directory; point DATASET.ROOT (training) or TEST.DATA_ROOT "
+                        f"(inference) at the folder that holds voc/, sbd/ and the file lists")
+    try:
+        with open(list_path) as f:
+            raw_lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise UserError(f"file list {list_path} not found; build it with tools/make_filelists.py "
+                        f"(or tools/make_synthetic.py for the synthetic data)") from None
+    except (IsADirectoryError, UnicodeDecodeError) as e:
+        raise UserError(f"file list {list_path} is not a text file ({type(e).__name__}); give a list of "
+                        f"'<image> <mask>' lines") from None
+    items: list[tuple[str, str | None]] = []
+    for n, line in enumerate(raw_lines, 1):
+        cols = line.split()
+        if not cols:
+            continue
+        if len(cols) > 2:
+            raise UserError(f"file list {list_path} line {n}: expected '<image> [<mask>]', got {len(cols)} columns "
+                            f"({line.strip()[:80]!r}); fix the line")
+        if need_masks and len(cols) == 1:
+            raise UserError(f"file list {list_path} line {n}: no mask column ({cols[0]}); this use needs "
+                            f"'<image> <mask>' lines (the test list has images only)")
+        image = os.path.join(root, cols[0].strip("/"))
+        mask = os.path.join(root, cols[1].strip("/")) if len(cols) == 2 else None
+        items.append((image, mask))
+    if not items:
+        raise UserError(f"file list {list_path} is empty; it needs at least one '<image> <mask>' line")
+    if check_exists:
+        missing = [(n, p) for n, (img, msk) in enumerate(items, 1)
+                   for p in (img, msk) if p is not None and not os.path.isfile(p)]
+        if missing:
+            lines = [f"{p} not found (file list {list_path}, entry {n}); restore the file or remove the line"
+                     for n, p in missing[:MAX_REPORTED]]
+            if len(missing) > MAX_REPORTED:
+                lines.append(f"... and {len(missing) - MAX_REPORTED} more missing files listed in {list_path}")
+            raise UserError("\n".join(lines))
+    return items
+
+
+def image_id(path: str) -> str:
+    """Basename without extension (the original strips the characters '.jpg' from the right; this strips the suffix)."""
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def load_image(path: str) -> Image.Image:
+    """The RGB image at ``path``, fully decoded; OSError & co. for a corrupt file (the caller names it)."""
+    with Image.open(path) as img:
+        img.load()
+        return img.convert("RGB")
+
+
+def load_mask(path: str) -> Image.Image:
+    """The class-index mask at ``path`` (palette or grey PNG), fully decoded, as a mode-"L" image of indices."""
+    with Image.open(path) as img:
+        img.load()
+        if img.mode not in ("P", "L"):
+            raise ValueError(f"mode {img.mode}, but masks are palette or greyscale PNGs of class indices")
+        # the palette indices / grey values are the class indices; "L" keeps them when resampled
+        return Image.fromarray(np.asarray(img), "L")
+
+
+def mask_labels(mask: np.ndarray) -> np.ndarray:
+    """Image-level labels [20] of a mask (SPEC 3.3), checking the values; ValueError names the problem."""
+    values = np.unique(mask)
+    bad = values[(values >= NUM_CLASSES) & (values != IGNORE_INDEX)]
+    if len(bad):
+        raise ValueError(f"values {bad.tolist()[:5]} outside 0..{NUM_CLASSES - 1} and {IGNORE_INDEX}")
+    labels = labels_from_mask(mask)
+    if not labels.any():
+        raise ValueError("no foreground class (an image-level label needs at least one)")
+    return labels
+
+
+class VOCSegmentation(Dataset):
+    """The training dataset: (image [3,S,S] float32 normalised, labels [20] float32, image id).
+
+    ``split`` is "train" (train_augvoc), "train_voc" or "val"; the list is ``cfg.DATASET.<split list>`` under
+    ``cfg.DATASET.ROOT``. ``augment`` selects the random training transform (the original uses it for every split)
+    or the deterministic resize. ``with_mask`` appends the transformed mask [S,S] int64 (255 = ignore), for a fully
+    supervised reference run; the weakly supervised model never sees it.
+    """
+
+    def __init__(self, cfg, split: str, augment: bool = True, with_mask: bool = False):
+        if split not in SPLIT_LISTS:
+            raise ValueError(f"split {split!r}: expected one of {', '.join(SPLIT_LISTS)}")
+        self.split, self.with_mask = split, with_mask
+        self.root = cfg.DATASET.ROOT
+        self.list_path = os.path.join(self.root, cfg.DATASET[SPLIT_LISTS[split]])
+        self.items = read_file_list(self.list_path, self.root, need_masks=True)
+        self.transform = build_transform(cfg.DATASET, augment)
+        self.on_corrupt = cfg.TRAIN.ON_CORRUPT
+        if self.on_corrupt not in ("stop", "skip"):
+            raise UserError(f"config key TRAIN.ON_CORRUPT is {self.on_corrupt!r}; use 'stop' or 'skip'")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _bad(self, path: str, reason: str) -> None:
+        msg = (f"cannot use {path} ({reason}); replace the file or remove it from {self.list_path}, "
+               f"or set TRAIN.ON_CORRUPT skip to leave it out")
+        if self.on_corrupt == "stop":
+            raise UserError(msg)
+        warnings.warn(f"skipping {path}: {reason}", stacklevel=2)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...] | None:
+        image_path, mask_path = self.items[index]
+        try:
+            image = load_image(image_path)
+        except IMAGE_ERRORS as e:
+            self._bad(image_path, f"unreadable image: {e}")
+            return None
+        try:
+            mask = load_mask(mask_path)
+            labels = mask_labels(np.asarray(mask))
+        except IMAGE_ERRORS as e:
+            self._bad(mask_path, f"bad mask: {e}")
+            return None
+        if image.size != mask.size:
+            self._bad(image_path, f"image is {image.size[0]}x{image.size[1]} but its mask {mask_path} is "
+                                  f"{mask.size[0]}x{mask.size[1]}")
+            return None
+        x, y = self.transform(image, mask)
+        out = (x, torch.from_numpy(labels), image_id(image_path))
+        return out + (y,) if self.with_mask else out
+
+
+def collate_skip_none(batch: Sequence[Any]) -> Any:
+    """default_collate without the samples a dataset dropped (None); None when the whole batch was dropped."""
+    batch = [b for b in batch if b is not None]
+    return default_collate(batch) if batch else None
+
+
+def get_dataloader(cfg, split: str, batch_size: int, workers: int, shuffle: bool, drop_last: bool,
+                   sampler: Sampler | None = None, generator: torch.Generator | None = None,
+                   seed_worker: Callable[[int], None] | None = default_seed_worker,
+                   augment: bool | None = None, with_mask: bool = False) -> DataLoader:
+    """A DataLoader over ``VOCSegmentation(cfg, split)``.
+
+    ``augment`` None means: the training split is augmented; "val" and "train_voc" too (the original), unless
+    TRAIN.DETERMINISTIC_VAL. Batches may come out None or short when TRAIN.ON_CORRUPT is "skip" and a file is bad.
+    """
+    if augment is None:
+        augment = split == "train" or not cfg.TRAIN.DETERMINISTIC_VAL
+    dataset = VOCSegmentation(cfg, split, augment=augment, with_mask=with_mask)
+    if drop_last and len(dataset) < batch_size:
+        raise UserError(f"split {split} ({dataset.list_path}) has {len(dataset)} images, fewer than the batch size "
+                        f"{batch_size}, so no batch would be left; lower TRAIN.BATCH_SIZE or add images")
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=drop_last,
+        collate_fn=collate_skip_none,
+        worker_init_fn=seed_worker if workers > 0 else None,
+        generator=generator,
+        persistent_workers=workers > 0,
+    )

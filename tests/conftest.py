@@ -1,0 +1,30 @@
+"""Shared fixtures: the repository root on sys.path and a tiny synthetic dataset made once per session."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+# one thread: the machine's cores are shared by parallel test runs, and results do not depend on thread count
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> str:
+    """A tiny synthetic VOC/SBD tree (12 train of which 3 VOC-train, 6 val, 3 test; 64 px wide), read-only by convention.
+
+    Use it as DATASET.ROOT / TEST.DATA_ROOT; lists: train_augvoc.txt, train_voc.txt, val_voc.txt, test.txt.
+    Tests that modify data must copy it first.
+    """
+    from tools.make_synthetic import make_synthetic
+
+    out = str(tmp_path_factory.mktemp("synthetic"))
+    make_synthetic(out, n_train=12, n_val=6, n_test=3, size=64, seed=0)
+    return out
