@@ -29,13 +29,12 @@ MAX_REPORTED = 20  # missing files listed in one error before "and N more"
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-def read_file_list(list_path: str, root: str, need_masks: bool, check_exists: bool = True) -> list[tuple[str, str | None]]:
-    """Parse a file list of the original's format into (image path, mask path or None), both joined with ``root``.
+def parse_file_list(list_path: str, root: str, need_masks: bool) -> list[tuple[int, str, str | None]]:
+    """(line number, image path, mask path or None) of every entry, paths joined with ``root``.
 
     A line holds ``<image> <mask>`` or, for the test list, ``<image>`` only (then the mask is None; with
     ``need_masks`` that is an error). Leading/trailing slashes of each column are stripped before joining, as the
-    original's inference loader does. Blank lines are skipped. With ``check_exists`` every listed file must exist;
-    all missing ones are reported at once (up to MAX_REPORTED), one line each.
+    original's inference loader does. Blank lines are skipped. All malformed lines are reported at once.
     """
     if not os.path.isdir(root):
         raise UserError(f"data root {root} is not a directory; point DATASET.ROOT (training) or TEST.DATA_ROOT "
@@ -49,32 +48,47 @@ def read_file_list(list_path: str, root: str, need_masks: bool, check_exists: bo
     except (IsADirectoryError, UnicodeDecodeError) as e:
         raise UserError(f"file list {list_path} is not a text file ({type(e).__name__}); give a list of "
                         f"'<image> <mask>' lines") from None
-    items: list[tuple[str, str | None]] = []
+    items: list[tuple[int, str, str | None]] = []
+    errors: list[str] = []
     for n, line in enumerate(raw_lines, 1):
         cols = line.split()
         if not cols:
             continue
         if len(cols) > 2:
-            raise UserError(f"file list {list_path} line {n}: expected '<image> [<mask>]', got {len(cols)} columns "
-                            f"({line.strip()[:80]!r}); fix the line")
-        if need_masks and len(cols) == 1:
-            raise UserError(f"file list {list_path} line {n}: no mask column ({cols[0]}); this use needs "
-                            f"'<image> <mask>' lines (the test list has images only)")
-        image = os.path.join(root, cols[0].strip("/"))
-        mask = os.path.join(root, cols[1].strip("/")) if len(cols) == 2 else None
-        items.append((image, mask))
+            errors.append(f"file list {list_path} line {n}: expected '<image> [<mask>]', got {len(cols)} columns "
+                          f"({line.strip()[:80]!r}); fix the line")
+        elif need_masks and len(cols) == 1:
+            errors.append(f"file list {list_path} line {n}: no mask column ({cols[0]}); this use needs "
+                          f"'<image> <mask>' lines (the test list has images only)")
+        else:
+            mask = os.path.join(root, cols[1].strip("/")) if len(cols) == 2 else None
+            items.append((n, os.path.join(root, cols[0].strip("/")), mask))
+    if errors:
+        raise UserError("\n".join(_limited(errors, f"malformed lines in {list_path}")))
     if not items:
         raise UserError(f"file list {list_path} is empty; it needs at least one '<image> <mask>' line")
-    if check_exists:
-        missing = [(n, p) for n, (img, msk) in enumerate(items, 1)
-                   for p in (img, msk) if p is not None and not os.path.isfile(p)]
-        if missing:
-            lines = [f"{p} not found (file list {list_path}, entry {n}); restore the file or remove the line"
-                     for n, p in missing[:MAX_REPORTED]]
-            if len(missing) > MAX_REPORTED:
-                lines.append(f"... and {len(missing) - MAX_REPORTED} more missing files listed in {list_path}")
-            raise UserError("\n".join(lines))
     return items
+
+
+def _limited(lines: list[str], what: str) -> list[str]:
+    if len(lines) <= MAX_REPORTED:
+        return lines
+    return lines[:MAX_REPORTED] + [f"... and {len(lines) - MAX_REPORTED} more {what}"]
+
+
+def read_file_list(list_path: str, root: str, need_masks: bool, check_exists: bool = True) -> list[tuple[str, str | None]]:
+    """The entries of a file list of the original's format: (image path, mask path or None), joined with ``root``.
+
+    See ``parse_file_list`` for the format. With ``check_exists`` every listed file must exist; all missing ones
+    are reported at once (up to MAX_REPORTED), one line each.
+    """
+    entries = parse_file_list(list_path, root, need_masks)
+    if check_exists:
+        missing = [f"{p} not found (file list {list_path} line {n}); restore the file or remove the line"
+                   for n, img, msk in entries for p in (img, msk) if p is not None and not os.path.isfile(p)]
+        if missing:
+            raise UserError("\n".join(_limited(missing, f"missing files listed in {list_path}")))
+    return [(img, msk) for _, img, msk in entries]
 
 
 def image_id(path: str) -> str:

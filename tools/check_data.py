@@ -1,0 +1,41 @@
+"""Check a file list and every file it names before a run: prints each problem, exit 2 if any.
+
+    python tools/check_data.py --root data --list data/train_augvoc.txt
+    python tools/check_data.py --root data --list data/test.txt --no-masks
+
+Checks that the root and list exist, every line is well formed, every image and mask exists and decodes, masks
+are palette/grey PNGs holding only 0..20 and 255 with at least one foreground class, and image and mask sizes
+agree. Paths in the list are relative to --root, as in training (DATASET.ROOT) and inference (TEST.DATA_ROOT).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from datasets.checks import check_file_list  # noqa: E402
+from datasets.pascal_voc import parse_file_list  # noqa: E402
+from utils.errors import UserError, run_main  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Check a file list and the images and masks it names")
+    p.add_argument("--root", required=True, help="data root the list's paths are relative to")
+    p.add_argument("--list", required=True, help="file list ('<image> <mask>' lines, or '<image>' with --no-masks)")
+    p.add_argument("--no-masks", action="store_true", help="the list has image paths only (like test.txt)")
+    p.add_argument("--limit", type=int, default=20, help="stop after this many problems")
+    args = p.parse_args(argv)
+    problems = check_file_list(args.list, args.root, need_masks=not args.no_masks, limit=args.limit)
+    if problems:
+        raise UserError("\n".join(problems))
+    entries = parse_file_list(args.list, args.root, need_masks=not args.no_masks)
+    n_masks = sum(m is not None for _, _, m in entries)
+    print(f"OK: {args.list}: {len(entries)} images and {n_masks} masks under {args.root} are readable"
+          + (", masks hold 0..20 and 255, sizes agree" if n_masks else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
