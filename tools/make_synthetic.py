@@ -423,8 +423,9 @@ def _save_png(arr: np.ndarray, path: str, palette: bool) -> None:
         img.save(tmp, format="PNG")
 
 
-def _make_one(out_dir: str, split: str, index: int, seed: int, size: int, classes: Sequence[int],
-              d: Difficulty) -> tuple[Image.Image, np.ndarray]:
+def draw_sample(split: str, index: int, seed: int, size: int, classes: Sequence[int],
+                d: Difficulty) -> tuple[Image.Image, np.ndarray]:
+    """Image ``index`` of ``split``: (RGB image, [H, W] uint8 class map without the border band)."""
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
     height = int(round(size * rng.uniform(0.75, 1.0)))  # landscape images of varying height, as most VOC photos
     for _ in range(MAX_TRIES):
@@ -472,7 +473,7 @@ def make_synthetic(out_dir: str, n_train: int = 600, n_val: int = 120, n_test: i
 
         bar = tqdm(total=len(jobs), desc="synthetic images", unit="img")
     for split, i, name in jobs:
-        img, lab = _make_one(out_dir, split, i, seed, size, classes, d)
+        img, lab = draw_sample(split, i, seed, size, classes, d)
         if split == "sbd":
             _save_jpeg(img, os.path.join(out_dir, SBD_DIR, "img", name + ".jpg"), d.jpeg_quality)
             _save_png(lab, os.path.join(out_dir, SBD_DIR, "cls_png", name + ".png"), palette=False)
