@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
-from datasets.pascal_voc import IMAGE_ERRORS, load_image, mask_labels, parse_file_list
+from datasets.filelists import IMAGE_ERRORS, load_image, mask_labels, parse_file_list
 from utils.errors import UserError
 
 CHECK_THREADS = 4  # PIL decodes without the GIL, so threads overlap the decoding of several files

@@ -14,115 +14,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.dataloader import default_collate
 
+# read_file_list is part of this module's interface (the other entry points import it from here)
+from datasets.filelists import IMAGE_ERRORS, image_id, load_image, load_mask, mask_labels, read_file_list
 from datasets.transforms import build_transform
-from datasets.voc import IGNORE_INDEX, NUM_CLASSES, labels_from_mask
 from utils.errors import UserError
 from utils.opts import seed_worker as default_seed_worker
 
 SPLIT_LISTS = {"train": "TRAIN_LIST", "train_voc": "TRAIN_VOC_LIST", "val": "VAL_LIST"}
-MAX_REPORTED = 20  # missing files listed in one error before "and N more"
-# what PIL raises for a truncated or otherwise broken file
-IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
-def parse_file_list(list_path: str, root: str, need_masks: bool) -> list[tuple[int, str, str | None]]:
-    """(line number, image path, mask path or None) of every entry, paths joined with ``root``.
-
-    A line holds ``<image> <mask>`` or, for the test list, ``<image>`` only (then the mask is None; with
-    ``need_masks`` that is an error). Leading/trailing slashes of each column are stripped before joining, as the
-    original's inference loader does. Blank lines are skipped. All malformed lines are reported at once.
-    """
-    if not os.path.isdir(root):
-        raise UserError(f"data root {root} is not a directory; point DATASET.ROOT (training) or TEST.DATA_ROOT "
-                        f"(inference) at the folder that holds voc/, sbd/ and the file lists")
-    try:
-        with open(list_path) as f:
-            raw_lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise UserError(f"file list {list_path} not found; build it with tools/make_filelists.py "
-                        f"(or tools/make_synthetic.py for the synthetic data)") from None
-    except (IsADirectoryError, UnicodeDecodeError) as e:
-        raise UserError(f"file list {list_path} is not a text file ({type(e).__name__}); give a list of "
-                        f"'<image> <mask>' lines") from None
-    items: list[tuple[int, str, str | None]] = []
-    errors: list[str] = []
-    for n, line in enumerate(raw_lines, 1):
-        cols = line.split()
-        if not cols:
-            continue
-        if len(cols) > 2:
-            errors.append(f"file list {list_path} line {n}: expected '<image> [<mask>]', got {len(cols)} columns "
-                          f"({line.strip()[:80]!r}); fix the line")
-        elif need_masks and len(cols) == 1:
-            errors.append(f"file list {list_path} line {n}: no mask column ({cols[0]}); this use needs "
-                          f"'<image> <mask>' lines (the test list has images only)")
-        else:
-            mask = os.path.join(root, cols[1].strip("/")) if len(cols) == 2 else None
-            items.append((n, os.path.join(root, cols[0].strip("/")), mask))
-    if errors:
-        raise UserError("\n".join(_limited(errors, f"malformed lines in {list_path}")))
-    if not items:
-        raise UserError(f"file list {list_path} is empty; it needs at least one '<image> <mask>' line")
-    return items
-
-
-def _limited(lines: list[str], what: str) -> list[str]:
-    if len(lines) <= MAX_REPORTED:
-        return lines
-    return lines[:MAX_REPORTED] + [f"... and {len(lines) - MAX_REPORTED} more {what}"]
-
-
-def read_file_list(list_path: str, root: str, need_masks: bool, check_exists: bool = True) -> list[tuple[str, str | None]]:
-    """The entries of a file list of the original's format: (image path, mask path or None), joined with ``root``.
-
-    See ``parse_file_list`` for the format. With ``check_exists`` every listed file must exist; all missing ones
-    are reported at once (up to MAX_REPORTED), one line each.
-    """
-    entries = parse_file_list(list_path, root, need_masks)
-    if check_exists:
-        missing = [f"{p} not found (file list {list_path} line {n}); restore the file or remove the line"
-                   for n, img, msk in entries for p in (img, msk) if p is not None and not os.path.isfile(p)]
-        if missing:
-            raise UserError("\n".join(_limited(missing, f"missing files listed in {list_path}")))
-    return [(img, msk) for _, img, msk in entries]
-
-
-def image_id(path: str) -> str:
-    """Basename without extension (the original strips the characters '.jpg' from the right; this strips the suffix)."""
-    return os.path.splitext(os.path.basename(path))[0]
-
-
-def load_image(path: str) -> Image.Image:
-    """The RGB image at ``path``, fully decoded; OSError & co. for a corrupt file (the caller names it)."""
-    with Image.open(path) as img:
-        img.load()
-        return img.convert("RGB")
-
-
-def load_mask(path: str) -> Image.Image:
-    """The class-index mask at ``path`` (palette or grey PNG), fully decoded, as a mode-"L" image of indices."""
-    with Image.open(path) as img:
-        img.load()
-        if img.mode not in ("P", "L"):
-            raise ValueError(f"mode {img.mode}, but masks are palette or greyscale PNGs of class indices")
-        # the palette indices / grey values are the class indices; "L" keeps them when resampled
-        return Image.fromarray(np.asarray(img), "L")
-
-
-def mask_labels(mask: np.ndarray) -> np.ndarray:
-    """Image-level labels [20] of a mask (SPEC 3.3), checking the values; ValueError names the problem."""
-    values = np.unique(mask)
-    bad = values[(values >= NUM_CLASSES) & (values != IGNORE_INDEX)]
-    if len(bad):
-        raise ValueError(f"values {bad.tolist()[:5]} outside 0..{NUM_CLASSES - 1} and {IGNORE_INDEX}")
-    labels = labels_from_mask(mask)
-    if not labels.any():
-        raise ValueError("no foreground class (an image-level label needs at least one)")
-    return labels
 
 
 class VOCSegmentation(Dataset):

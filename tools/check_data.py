@@ -16,7 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.checks import check_file_list  # noqa: E402
-from datasets.pascal_voc import parse_file_list  # noqa: E402
+from datasets.filelists import parse_file_list  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 
 
