@@ -1,0 +1,116 @@
+"""Segmentation scores from a confusion matrix: per-class IoU, precision, recall and their means (SPEC 9.2).
+
+The confusion matrix is accumulated over a whole split (rows = GT class, columns = predicted class) and the
+scores are computed once at the end, as the original's eval_seg.py does; per-image IoUs are never averaged.
+Scores are fractions in [0, 1]; the printed table multiplies them by 100 like the original.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from datasets.voc import CLASS_NAMES, NUM_CLASSES
+
+# added to every denominator, as the original: a class that is absent and never predicted scores 0
+EPS = 1e-20
+TABLE_WIDTH = 44  # "{:>12}" + 4 x " | {:>5}"; the original's separator is 44 dashes
+_HEAD_FMT = "{:>12}" + " | {:>5}" * 4
+_ROW_FMT = "{:>12} | {:>5}" + " | {:>5.1f}" * 3
+
+
+def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Pixel counts [C, C] int64, rows = GT class, columns = predicted class.
+
+    gt, pred: integer arrays of the same shape (e.g. [H, W]). GT pixels with a value >= num_classes (255,
+    "ambiguous") are ignored; predictions must lie in 0..C-1. One bincount of ``C * gt + pred``: since
+    pred < C, every index below C * C comes from a GT value below C, so ignoring GT 255 is a slice.
+    """
+    gt = np.asarray(gt)
+    pred = np.asarray(pred)
+    if gt.shape != pred.shape:
+        raise ValueError(f"GT shape {gt.shape} differs from prediction shape {pred.shape}")
+    size = num_classes * num_classes
+    if gt.size == 0:
+        return np.zeros((num_classes, num_classes), dtype=np.int64)
+    if pred.min() < 0 or pred.max() >= num_classes:
+        raise ValueError(f"prediction values must lie in 0..{num_classes - 1}, found {pred.min()}..{pred.max()}")
+    if gt.min() < 0:
+        raise ValueError(f"GT values must not be negative, found {gt.min()}")
+    # 8-bit PNGs (the usual case) fit a uint16 index (255 * C + C - 1 < 2**16 for C <= 256), which is
+    # several times faster to build than a 64-bit one
+    small = gt.dtype == np.uint8 and pred.dtype == np.uint8 and num_classes <= 256
+    index = gt.astype(np.uint16 if small else np.intp).ravel() * num_classes + pred.ravel()  # [H*W]
+    counts = np.bincount(index, minlength=size)[:size]
+    return counts.astype(np.int64).reshape(num_classes, num_classes)
+
+
+def tp_fn_fp(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class true positives, false negatives (row sum - TP) and false positives (column sum - TP), each [C]."""
+    conf = np.asarray(conf)
+    tp = np.diag(conf)
+    return tp, conf.sum(axis=1) - tp, conf.sum(axis=0) - tp
+
+
+def image_class_scores(conf: np.ndarray) -> dict[int, int]:
+    """TP - FN - FP of one image for every class present in its GT (the original's --log-scores ranking)."""
+    tp, fn, fp = tp_fn_fp(conf)
+    present = np.flatnonzero(np.asarray(conf).sum(axis=1) > 0)
+    return {int(c): int(tp[c] - fn[c] - fp[c]) for c in present}
+
+
+def _mean(values: np.ndarray, select: np.ndarray) -> float:
+    return float(values[select].mean()) if select.any() else 0.0
+
+
+def scores_from_confusion(conf: np.ndarray) -> dict:
+    """Per-class scores and the three class means of a [C, C] confusion matrix (plain Python types, JSON-ready).
+
+    Keys: ``count`` (GT pixels per class), ``iou``, ``precision``, ``recall`` (lists of C fractions),
+    ``iou_defined`` (TP + FP + FN > 0), and for each average ``miou_*``, ``precision_*``, ``recall_*`` with
+    ``*`` = ``fg`` (the C-1 foreground classes: the original's first summary line), ``21`` (all classes with
+    background: the standard PASCAL VOC mIoU, the original's "With background" line) and ``present``
+    (only the classes with iou_defined, for data sets that use fewer classes).
+    """
+    conf = np.asarray(conf, dtype=np.float64)
+    tp, fn, fp = tp_fn_fp(conf)
+    per_class = {
+        "iou": tp / (tp + fp + fn + EPS),
+        "precision": tp / (tp + fp + EPS),
+        "recall": tp / (tp + fn + EPS),
+    }
+    num_classes = conf.shape[0]
+    defined = (tp + fp + fn) > 0
+    subsets = {
+        "fg": np.arange(num_classes) > 0,
+        "21": np.ones(num_classes, dtype=bool),
+        "present": defined,
+    }
+    out: dict = {"count": [int(v) for v in conf.sum(axis=1)]}
+    out.update({k: [float(v) for v in vals] for k, vals in per_class.items()})
+    out["iou_defined"] = [bool(v) for v in defined]
+    for name, select in subsets.items():
+        out[f"miou_{name}"] = _mean(per_class["iou"], select)
+        out[f"precision_{name}"] = _mean(per_class["precision"], select)
+        out[f"recall_{name}"] = _mean(per_class["recall"], select)
+    return out
+
+
+def _summary(scores: dict, name: str) -> str:
+    return "mIoU: {:.2f}  Pr: {:.2f}  Re: {:.2f}".format(
+        100 * scores[f"miou_{name}"], 100 * scores[f"precision_{name}"], 100 * scores[f"recall_{name}"])
+
+
+def format_scores(scores: dict, class_names: tuple[str, ...] = CLASS_NAMES) -> list[str]:
+    """The original's printed table and summary lines, plus one line over the classes present.
+
+    ``Class | # | IoU | Pr | Re`` with right-aligned columns (count = GT pixels, scores in % with one decimal),
+    a 44-dash separator, then the 20-class mean, the 21-class mean ("With background:", the standard VOC
+    mIoU) and, new, the mean over the classes that occur in the GT or the prediction.
+    """
+    lines = [_HEAD_FMT.format("Class", "#", "IoU", "Pr", "Re"), "-" * TABLE_WIDTH]
+    for c, count in enumerate(scores["count"]):
+        lines.append(_ROW_FMT.format(class_names[c], count, 100 * scores["iou"][c],
+                                     100 * scores["precision"][c], 100 * scores["recall"][c]))
+    lines.append(_summary(scores, "fg"))
+    lines.append("With background: " + _summary(scores, "21"))
+    lines.append("Over classes present in GT or prediction: " + _summary(scores, "present"))
+    return lines
