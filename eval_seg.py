@@ -285,7 +285,8 @@ def _evaluate_in_pool(chunks: list[list[Entry]], oracle: tuple[int, int] | None,
                     total.merge(fut.result())
                 except BrokenProcessPool as e:
                     ids = ", ".join(entry.image_id for entry in chunk)
-                    raise RuntimeError(f"a decoding process died while evaluating one of: {ids}") from e
+                    raise RuntimeError("a decoding process died (killed, or out of memory) during the evaluation; "
+                                       f"unfinished images include: {ids}") from e
                 bar.update(len(chunk))
     finally:
         # on an error stop at once instead of finishing the queued chunks

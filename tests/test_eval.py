@@ -174,6 +174,15 @@ def test_worker_pool_equals_one_process_and_names_a_failing_image(tmp_path, monk
     with pytest.raises(RuntimeError, match="im17"):
         eval_seg.evaluate(entries, None, workers=2, progress=False)
 
+    def killed(entry, oracle):
+        if entry.image_id == "im17":
+            os._exit(9)  # the worker vanishes as if killed
+        return real(entry, oracle)
+
+    monkeypatch.setattr(eval_seg, "evaluate_image", killed)
+    with pytest.raises(RuntimeError, match="decoding process died"):
+        eval_seg.evaluate(entries, None, workers=2, progress=False)
+
 
 def _corrupt(path):
     with open(path, "r+b") as f:
@@ -325,3 +334,31 @@ def test_launch_script_foreground_writes_both_evaluations(tmp_path):
     proc = subprocess.run(["bash", os.path.join(ROOT, "launch", "eval_seg.sh")], cwd=str(tmp_path), env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "no masks" in proc.stderr
+
+
+def test_synthetic_dataset_gt_as_prediction_scores_100(synthetic_root, tmp_path):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    filelist = os.path.join(synthetic_root, "val_voc.txt")
+    with open(filelist) as f:
+        gt_paths = [line.split()[1] for line in f if line.strip()]
+    classes = set()
+    for rel in gt_paths:
+        gt = np.asarray(Image.open(os.path.join(synthetic_root, rel)))
+        classes |= set(np.unique(gt).tolist()) - {255}
+        Image.fromarray(np.where(gt == 255, 0, gt).astype(np.uint8), mode="L").save(masks / os.path.basename(rel))
+    proc = subprocess.run([sys.executable, "eval_seg.py", "--data", synthetic_root, "--filelist", filelist,
+                           "--masks", str(masks), "--log-scores", str(tmp_path / "s.log")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    assert out[0] == f"# of images: {len(gt_paths)}"
+    share = 100 * len(classes) / 21
+    assert out[-2] == f"With background: mIoU: {share:.2f}  Pr: {share:.2f}  Re: {share:.2f}"
+    assert out[-1] == "Over classes present in GT or prediction: mIoU: 100.00  Pr: 100.00  Re: 100.00"
+    # test.txt has no mask column: every line is reported, nothing can be scored
+    proc = subprocess.run([sys.executable, "eval_seg.py", "--data", synthetic_root, "--filelist",
+                           os.path.join(synthetic_root, "test.txt"), "--masks", str(masks),
+                           "--log-scores", str(tmp_path / "t.log")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert_user_error(proc, "malformed list line: 3")
