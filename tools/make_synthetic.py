@@ -35,8 +35,10 @@ from __future__ import annotations
 import argparse
 import ast
 import colorsys
+import contextlib
 import dataclasses
 import math
+import multiprocessing
 import os
 import sys
 from typing import Any, Sequence
@@ -440,14 +442,31 @@ def draw_sample(split: str, index: int, seed: int, size: int, classes: Sequence[
     raise RuntimeError(f"could not draw a valid {split} image {index} in {MAX_TRIES} tries; raise --size")
 
 
+def _write_sample(job: tuple) -> None:
+    """Draw one image and write it (and its mask, except for test) where its split belongs."""
+    out_dir, split, i, name, seed, size, classes, d = job
+    img, lab = draw_sample(split, i, seed, size, classes, d)
+    if split == "sbd":
+        _save_jpeg(img, os.path.join(out_dir, SBD_DIR, "img", name + ".jpg"), d.jpeg_quality)
+        _save_png(lab, os.path.join(out_dir, SBD_DIR, "cls_png", name + ".png"), palette=False)
+    elif split == "test":
+        _save_jpeg(img, os.path.join(out_dir, VOC_TEST_DIR, "JPEGImages", name + ".jpg"), d.jpeg_quality)
+    else:
+        lab = lab.copy()
+        lab[object_border(lab, d.border)] = IGNORE_INDEX
+        _save_jpeg(img, os.path.join(out_dir, VOC_DIR, "JPEGImages", name + ".jpg"), d.jpeg_quality)
+        _save_png(lab, os.path.join(out_dir, VOC_DIR, "SegmentationClass", name + ".png"), palette=True)
+
+
 def make_synthetic(out_dir: str, n_train: int = 600, n_val: int = 120, n_test: int = 20, size: int = 112,
                    seed: int = 0, difficulty: str = "default", classes: Sequence[int] = DEFAULT_CLASSES,
-                   knobs: dict[str, Any] | None = None, progress: bool = False) -> dict[str, Any]:
+                   knobs: dict[str, Any] | None = None, progress: bool = False,
+                   workers: int = 1) -> dict[str, Any]:
     """Write the dataset under ``out_dir`` (see the module docstring) and return what synthetic.json records.
 
     ``n_train`` images make train_augvoc (a quarter of them, at least one, in the VOC layout: train_voc);
     ``size`` is the image width (heights vary in [0.75, 1] x size); ``knobs`` replace fields of the
-    ``difficulty`` preset (see ``Difficulty``).
+    ``difficulty`` preset (see ``Difficulty``); ``workers`` processes draw the images (same files for any number).
     """
     if n_train < 2 or n_val < 1 or n_test < 0:
         raise UserError(f"need at least 2 training and 1 validation image (got {n_train}, {n_val})")
@@ -466,26 +485,23 @@ def make_synthetic(out_dir: str, n_train: int = 600, n_val: int = 120, n_test: i
         "val": [f"val_{i:06d}" for i in range(n_val)],
         "test": [f"test_{i:06d}" for i in range(n_test)],
     }
-    jobs = [(split, i, name) for split in ids for i, name in enumerate(ids[split])]
+    jobs = [(out_dir, split, i, name, seed, size, tuple(classes), d)
+            for split in ids for i, name in enumerate(ids[split])]
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(jobs), desc="synthetic images", unit="img")
-    for split, i, name in jobs:
-        img, lab = draw_sample(split, i, seed, size, classes, d)
-        if split == "sbd":
-            _save_jpeg(img, os.path.join(out_dir, SBD_DIR, "img", name + ".jpg"), d.jpeg_quality)
-            _save_png(lab, os.path.join(out_dir, SBD_DIR, "cls_png", name + ".png"), palette=False)
-        elif split == "test":
-            _save_jpeg(img, os.path.join(out_dir, VOC_TEST_DIR, "JPEGImages", name + ".jpg"), d.jpeg_quality)
+    # every image has its own generator, so the files do not depend on the number of processes
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(workers))
+            done = pool.imap_unordered(_write_sample, jobs, chunksize=8)
         else:
-            lab = lab.copy()
-            lab[object_border(lab, d.border)] = IGNORE_INDEX
-            _save_jpeg(img, os.path.join(out_dir, VOC_DIR, "JPEGImages", name + ".jpg"), d.jpeg_quality)
-            _save_png(lab, os.path.join(out_dir, VOC_DIR, "SegmentationClass", name + ".png"), palette=True)
-        if bar is not None:
-            bar.update(1)
+            done = map(_write_sample, jobs)
+        for _ in done:
+            if bar is not None:
+                bar.update(1)
     if bar is not None:
         bar.close()
 
@@ -563,12 +579,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--difficulty", default="default", choices=list(DIFFICULTIES), help="preset of the knobs")
     p.add_argument("--classes", default=",".join(map(str, DEFAULT_CLASSES)),
                    help="comma-separated VOC class indices or names")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="processes drawing images (the files do not depend on it)")
     p.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
                    help="replace one knob of the preset, e.g. head_frac=0.2 or objects=(2,5); repeatable")
     args = p.parse_args(argv)
     info = make_synthetic(args.out, n_train=args.num_train, n_val=args.num_val, n_test=args.num_test,
                           size=args.size, seed=args.seed, difficulty=args.difficulty,
-                          classes=_parse_classes(args.classes), knobs=_parse_knobs(args.knob), progress=True)
+                          classes=_parse_classes(args.classes), knobs=_parse_knobs(args.knob), progress=True,
+                          workers=args.workers)
     c = info["counts"]
     print(f"wrote {args.out}: train_augvoc {c['train_augvoc']}, train_voc {c['train_voc']}, val_voc {c['val_voc']}, "
           f"test {c['test']} images; classes {', '.join(info['class_names'])}; difficulty {args.difficulty}")
