@@ -29,7 +29,8 @@ def _check_pair(n: int, image_path: str, mask_path: str | None, list_path: str) 
         try:
             size = load_image(image_path).size
         except IMAGE_ERRORS as e:
-            problems.append(f"{image_path} is not a readable image ({e}) ({where}); replace the file or remove the line")
+            problems.append(f"{image_path} is not a readable image ({e}) ({where}); "
+                            f"replace the file or remove the line")
     if mask_path is None:
         return problems
     if not os.path.isfile(mask_path):

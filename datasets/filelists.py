@@ -65,7 +65,8 @@ def _limited(lines: list[str], what: str) -> list[str]:
     return lines[:MAX_REPORTED] + [f"... and {len(lines) - MAX_REPORTED} more {what}"]
 
 
-def read_file_list(list_path: str, root: str, need_masks: bool, check_exists: bool = True) -> list[tuple[str, str | None]]:
+def read_file_list(list_path: str, root: str, need_masks: bool,
+                   check_exists: bool = True) -> list[tuple[str, str | None]]:
     """The entries of a file list of the original's format: (image path, mask path or None), joined with ``root``.
 
     See ``parse_file_list`` for the format. With ``check_exists`` every listed file must exist; all missing ones

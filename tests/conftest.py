@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> str:
-    """A tiny synthetic VOC/SBD tree (12 train of which 3 VOC-train, 6 val, 3 test; 64 px wide), read-only by convention.
+    """A tiny synthetic VOC/SBD tree (12 train of which 3 VOC-train, 6 val, 3 test; 64 px wide); treat it as read-only.
 
     Use it as DATASET.ROOT / TEST.DATA_ROOT; lists: train_augvoc.txt, train_voc.txt, val_voc.txt, test.txt.
     Tests that modify data must copy it first.

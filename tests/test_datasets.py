@@ -268,7 +268,8 @@ def test_corrupt_image_in_a_worker_names_the_file(tiny_voc):
     lines = user_error_lines(e.value)
     assert len(lines) == 1 and lines[0].startswith(f"cannot use {bad} (unreadable image")
     cfg.TRAIN.ON_CORRUPT = "skip"
-    x, labels, names = next(iter(get_dataloader(cfg, "train", 3, 0, False, False)))
+    with pytest.warns(UserWarning, match="skipping .*img0.jpg"):
+        x, labels, names = next(iter(get_dataloader(cfg, "train", 3, 0, False, False)))
     assert list(names) == ["img1", "img2"] and x.shape[0] == 2
 
 

@@ -65,7 +65,8 @@ def test_masks_palette_borders_and_labels(synthetic_root):
 def test_voc_mask_is_the_drawn_mask_with_the_border_band(synthetic_root):
     d = get_difficulty("default")
     _, lab = draw_sample("val", 1, 0, 64, DEFAULT_CLASSES, d)
-    saved = np.asarray(Image.open(os.path.join(synthetic_root, "voc/VOCdevkit/VOC2012/SegmentationClass/val_000001.png")))
+    png = os.path.join(synthetic_root, "voc/VOCdevkit/VOC2012/SegmentationClass/val_000001.png")
+    saved = np.asarray(Image.open(png))
     band = object_border(lab, d.border)
     assert band.any() and (saved[band] == IGNORE_INDEX).all() and (saved[~band] == lab[~band]).all()
 

@@ -3,7 +3,9 @@
 Run inside data/sbd/benchmark_RELEASE so that the output matches the paths of train_augvoc.txt:
 
     cd data/sbd/benchmark_RELEASE && python <repo>/tools/convert_sbd.py
-    # or: python tools/convert_sbd.py --inp data/sbd/benchmark_RELEASE/dataset/cls --out data/sbd/benchmark_RELEASE/dataset/cls_png
+    # or, from the repository root:
+    python tools/convert_sbd.py --inp data/sbd/benchmark_RELEASE/dataset/cls \\
+        --out data/sbd/benchmark_RELEASE/dataset/cls_png
 
 Every ``<id>.mat`` holds a struct ``GTcls`` whose field ``Segmentation`` is the class-index map (values 0..20);
 it is written unchanged as a single-channel 8-bit PNG (mode "L", no palette), atomically.

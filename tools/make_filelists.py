@@ -70,7 +70,8 @@ def build_lists(voc: str, sbd: str, voc_test: str | None = None) -> dict[str, li
     sbd_ids = read_ids(os.path.join(sbd_dir, "train.txt"), f"--sbd must be the SBD download ({SBD_URL})") + \
         read_ids(os.path.join(sbd_dir, "val.txt"), f"--sbd must be the SBD download ({SBD_URL})")
     _need_dir(os.path.join(sbd_dir, "cls_png"),
-              f"convert the SBD annotations first: python tools/convert_sbd.py --inp {sbd_dir}/cls --out {sbd_dir}/cls_png")
+              f"convert the SBD annotations first: python tools/convert_sbd.py --inp {sbd_dir}/cls "
+              f"--out {sbd_dir}/cls_png")
 
     val_set, sbd_set = set(voc_val), set(sbd_ids)
     aug_sbd = sorted(i for i in sbd_set if i not in val_set)
