@@ -4,4 +4,10 @@
 set -eo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source tools/setup_env.sh
+# the demo-report test renders the page in headless Chromium (Debian's package)
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "[setup] installing chromium for the report test" >&2
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } >/dev/null 2>&1 \
+    || echo "warning: could not install chromium; the report rendering test will fail" >&2
+fi
 exec python -m pytest "$@"

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# The whole method end to end on the synthetic dataset, on CPU, in minutes:
+#   generate data -> train the CAM baseline, the single-stage model and a fully supervised bound (train.py)
+#   -> multi-scale inference with and without CRF (infer_val.py) -> mIoU (eval_seg.py)
+#   -> pseudo-label quality on train (tools/eval_pseudo.py) -> report (tools/demo_report.py)
+#
+# usage: bash launch/demo.sh [--clean]
+#   --clean   start over (removes the demo's data, snapshots, logs and results)
+# Every stage reuses what an earlier run left (data, snapshots, masks), so a second run is quick.
+# Environment knobs (the test uses them for a shortened run): DEMO_DATA, DEMO_OUT, DEMO_EXP, DEMO_SEED,
+# DEMO_TRAIN, DEMO_VAL, DEMO_TEST, DEMO_SIZE, DEMO_EPOCHS, DEMO_ITERS, DEMO_WORKERS, DEMO_SETS (extra --set pairs).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+CLEAN=0
+for a in "$@"; do
+  case "$a" in
+    --clean) CLEAN=1 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "error: unknown argument $a (use --clean or --help)" >&2; exit 2 ;;
+  esac
+done
+
+T0=$SECONDS
+stage() { STAGE="$1"; STAGE_T=$SECONDS; echo "[demo] >>> $1"; }
+done_stage() { echo "[demo] <<< $STAGE: $((SECONDS - STAGE_T)) s"; }
+
+stage "environment"
+source tools/setup_env.sh
+done_stage
+
+DATA="${DEMO_DATA:-data/synthetic}"
+OUT="${DEMO_OUT:-results/demo}"
+EXP="${DEMO_EXP:-demo}"
+SEED="${DEMO_SEED:-0}"
+WORKERS="${DEMO_WORKERS:-2}"
+DS=pascal_voc
+SETS=(DATASET.ROOT "$DATA" TEST.DATA_ROOT "$DATA")
+[ -n "${DEMO_EPOCHS:-}" ] && SETS+=(TRAIN.NUM_EPOCHS "$DEMO_EPOCHS")
+[ -n "${DEMO_ITERS:-}" ] && SETS+=(TRAIN.MAX_ITERS "$DEMO_ITERS")
+# shellcheck disable=SC2206
+[ -n "${DEMO_SETS:-}" ] && SETS+=(${DEMO_SETS})
+
+if [ "$CLEAN" = 1 ]; then
+  echo "[demo] --clean: removing $DATA, $OUT, snapshots/$DS/$EXP, logs/$DS/$EXP"
+  rm -rf "$DATA" "$OUT" "snapshots/$DS/$EXP" "logs/$DS/$EXP"
+fi
+mkdir -p "$OUT"
+
+stage "synthetic dataset ($DATA)"
+GEN=(--out "$DATA" --seed "$SEED")
+[ -n "${DEMO_TRAIN:-}" ] && GEN+=(--num-train "$DEMO_TRAIN")
+[ -n "${DEMO_VAL:-}" ] && GEN+=(--num-val "$DEMO_VAL")
+[ -n "${DEMO_TEST:-}" ] && GEN+=(--num-test "$DEMO_TEST")
+[ -n "${DEMO_SIZE:-}" ] && GEN+=(--size "$DEMO_SIZE")
+if [ -f "$DATA/val_voc.txt" ] && [ -f "$DATA/synthetic.json" ]; then
+  echo "[demo] reusing $DATA (bash launch/demo.sh --clean to regenerate)"
+else
+  python tools/make_synthetic.py "${GEN[@]}"
+fi
+done_stage
+
+# the snapshot a finished run left: the best-scoring one, as the original selects
+best_suffix() {
+  python - "$1" <<'PY'
+import glob, os, re, sys
+best = None
+for f in glob.glob(os.path.join(sys.argv[1], "model_enc_*.pth")):
+    m = re.match(r"model_enc_e(\d+)Xs([\.\d+\-]+)\.pth$", os.path.basename(f))
+    if m and (best is None or float(m.group(2)) >= best[0]):
+        best = (float(m.group(2)), os.path.basename(f)[len("model_enc_"):-len(".pth")])
+print(best[1] if best else "")
+PY
+}
+
+train() {  # train <run> <config>
+  local run="$1" cfg="$2" snap="snapshots/$DS/$EXP/$1"
+  stage "train $run ($cfg)"
+  if [ -f "$OUT/$run.done" ] && [ -n "$(best_suffix "$snap")" ]; then
+    echo "[demo] reusing $snap"
+  else
+    rm -rf "$snap" "logs/$DS/$EXP/$run"
+    python train.py --dataset "$DS" --cfg "$cfg" --exp "$EXP" --run "$run" --workers "$WORKERS" \
+      --random-seed "$SEED" --set "${SETS[@]}"
+    touch "$OUT/$run.done"
+  fi
+  done_stage
+}
+
+infer() {  # infer <run> <config> <list> <out> [extra args]
+  local run="$1" cfg="$2" list="$3" dst="$4"; shift 4
+  stage "infer $run on $(basename "$list")"
+  if [ -f "$dst/eval.json" ]; then
+    echo "[demo] reusing $dst"
+  else
+    python infer_val.py --dataset "$DS" --cfg "$cfg" --exp "$EXP" --run "$run" \
+      --resume "$(best_suffix "snapshots/$DS/$EXP/$run")" --infer-list "$list" --mask-output-dir "$dst" \
+      --workers "$WORKERS" "$@" --set "${SETS[@]}"
+    python eval_seg.py --data "$DATA" --filelist "$list" --masks "$dst" --log-scores "$dst.scores.log" > "$dst.eval"
+    [ -d "$dst/crf" ] && python eval_seg.py --data "$DATA" --filelist "$list" --masks "$dst/crf" --log-scores "$dst/crf.scores.log" > "$dst/crf.eval"
+    tail -n 3 "$dst.eval"
+  fi
+  done_stage
+}
+
+pseudo() {  # pseudo <run> <config> <list> <out>
+  local run="$1" cfg="$2" list="$3" dst="$4"
+  stage "pseudo-label quality of $run on $(basename "$list")"
+  if [ -f "$dst/pseudo.json" ]; then
+    echo "[demo] reusing $dst"
+  else
+    python tools/eval_pseudo.py --cfg "$cfg" --set "${SETS[@]}" \
+      --snapshot "snapshots/$DS/$EXP/$run/model_enc_$(best_suffix "snapshots/$DS/$EXP/$run").pth" \
+      --root "$DATA" --list "$list" --out "$dst"
+  fi
+  done_stage
+}
+
+train bsl configs/demo_bsl.yaml
+train ae configs/demo_ae.yaml
+train sup configs/demo_sup.yaml
+
+infer bsl configs/demo_bsl.yaml "$DATA/val_voc.txt" "$OUT/bsl/val" --no-crf
+infer ae configs/demo_ae.yaml "$DATA/val_voc.txt" "$OUT/ae/val"
+infer sup configs/demo_sup.yaml "$DATA/val_voc.txt" "$OUT/sup/val" --no-crf
+
+pseudo bsl configs/demo_bsl.yaml "$DATA/train_voc.txt" "$OUT/bsl/pseudo_train"
+pseudo ae configs/demo_ae.yaml "$DATA/train_voc.txt" "$OUT/ae/pseudo_train"
+pseudo ae configs/demo_ae.yaml "$DATA/val_voc.txt" "$OUT/ae/pseudo_val"
+
+stage "report"
+python tools/demo_report.py --data "$DATA" --out "$OUT" --list "$DATA/val_voc.txt" --seed "$SEED" \
+  --wall-time "$((SECONDS - T0))"
+done_stage
+echo "[demo] finished in $((SECONDS - T0)) s; open $OUT/report.html in a browser"
