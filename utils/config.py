@@ -64,6 +64,9 @@ _DEFAULTS = {
         "CHANNELS_LAST": False,
         # torch.compile the model (start-up cost; off by default)
         "COMPILE": False,
+        # train the segmentation head on the GT masks instead of pseudo labels: a fully supervised reference
+        # for the same network (the demo's upper bound; not the paper's method)
+        "FULLY_SUPERVISED": False,
     },
     "TEST": {
         "METHOD": "multiscale",
