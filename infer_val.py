@@ -1,0 +1,240 @@
+"""Inference: multi-scale (+flip) masks of a trained snapshot, merged, class-filtered, refined by a dense CRF (SPEC 8).
+
+    python infer_val.py --dataset pascal_voc --cfg configs/voc_resnet38.yaml --exp main --run v01 \\
+        --resume e020Xs0.928 --infer-list data/val_voc.txt --mask-output-dir results/val_voc \\
+        --set TEST.DATA_ROOT ./data
+
+loads ``<snapshot-dir>/<dataset>/<exp>/<run>/model_enc_<resume>.pth`` and writes, per image id,
+``<out>/<id>.png`` (class indices, mode "L"), ``<out>/crf/<id>.png`` and ``<out>/vis/<id>.png`` (prediction, CRF
+prediction and GT panels). --infer-list may be a list without masks (test.txt: no GT panel, labels from the
+predictions) or a folder of images. Additions: --palette (VOC-coloured PNGs for the evaluation server),
+--save-probs (merged probabilities as float16 .npy, e.g. for pseudo labels), --no-crf, --tight-canvas (faster,
+not the original's numbers), --check (validate everything, run nothing). Under ``torchrun --nproc_per_node=N`` each
+rank infers every N-th image of the list.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+from datasets.checks import check_file_list
+from datasets.pascal_voc_ms import (build_inference_dataset, check_batch_size, check_sizes, get_inference_loader,
+                                    read_inference_items)
+from datasets.voc import NUM_CLASSES
+from models import build_model
+from models.weights import load_snapshot
+from utils.config import load_cfg
+from utils.dcrf import CRFParams, require_pydensecrf
+from utils.errors import UserError, run_main
+from utils.fileio import check_writable_dir
+from utils.inference_tools import (WriterOptions, WriterPool, class_presence, merge_crops, merge_multiscale,
+                                   write_outputs)
+from utils.opts import get_arg_parser, resolve_dirs, select_device
+
+ETA_EVERY = 100  # images between "Finish time" lines, as the original
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """The shared parser of train.py and infer_val.py, extended with the inference-only options."""
+    p = get_arg_parser("Model Evaluation")
+    g = p.add_argument_group("inference outputs")
+    g.add_argument("--palette", action="store_true",
+                   help="also save VOC-palette PNGs (mode P) under <out>/palette/, for the VOC evaluation server")
+    g.add_argument("--save-probs", action="store_true",
+                   help="also save the merged probabilities (background ** BG_POW) as float16 <out>/probs/<id>.npy")
+    g.add_argument("--no-crf", action="store_true", help="skip the dense CRF (no <out>/crf/; pydensecrf not needed)")
+    g.add_argument("--tight-canvas", action="store_true",
+                   help="multiscale: put each scale on a canvas of its own size instead of TEST.PAD_SIZE; faster, "
+                        "but the masks differ slightly from the original's (see bench/infer.py)")
+    return p
+
+
+def snapshot_path(args: argparse.Namespace) -> str:
+    if not args.resume:
+        raise UserError("--resume is required: it names the snapshot <snapshot-dir>/<dataset>/<exp>/<run>/"
+                        "model_enc_<resume>.pth to load (e.g. --resume e020Xs0.928)")
+    path = os.path.join(args.snapshot_dir, f"model_enc_{args.resume}.pth")
+    if not os.path.isfile(path):
+        raise UserError(f"snapshot {path} not found; check --snapshot-dir, --dataset, --exp, --run and --resume "
+                        "(inference never runs with an untrained head)")
+    return path
+
+
+def build_inference_model(cfg, snapshot: str, device: torch.device) -> torch.nn.Module:
+    """The configured model with every tensor from the snapshot (so no ImageNet file is needed), frozen, eval mode."""
+    net_cfg = copy.deepcopy(cfg.NET)
+    net_cfg.FROM_SCRATCH = True  # the snapshot overwrites every tensor the init file would have set
+    model = build_model(net_cfg, num_classes=cfg.TEST.NUM_CLASSES)
+    load_snapshot(model, snapshot)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval().to(device)
+
+
+def _same_shape_runs(variants: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Consecutive variants of equal shape, each run one network batch (one on the padded canvas)."""
+    runs: list[list[torch.Tensor]] = []
+    for v in variants:
+        if runs and runs[-1][0].shape == v.shape:
+            runs[-1].append(v)
+        else:
+            runs.append([v])
+    return runs
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, batch: dict, test_cfg, device: torch.device) -> torch.Tensor:
+    """All variants of one image through the network and merged (SPEC 8.2-8.4) -> P [C, H, W] on ``device``."""
+    cls, probs = [], []
+    for run in _same_shape_runs(batch["variants"]):
+        out = model(torch.stack(run).to(device, non_blocking=True))
+        cls.append(out["cls"])  # [n, 20]
+        probs.extend(out["masks"])  # n x [C, h, w]
+    if test_cfg.USE_GT_LABELS:
+        labels = batch["labels"].to(device)
+    else:
+        labels = class_presence(torch.cat(cls), test_cfg.FP_CUT_SCORE)  # [20]
+    size = batch["image"].shape[:2]
+    pads = batch["pads"]
+    if test_cfg.METHOD == "multiscale":
+        return merge_multiscale(probs, pads, labels, test_cfg.FLIP, test_cfg.BG_POW, size)
+    return merge_crops(probs, pads, labels, test_cfg.FLIP, size)
+
+
+def _dist_rank_world() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) for a plain run."""
+    env = os.environ
+    return int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0"))
+
+
+def _collect(problems: list[str], check, *args):
+    """Run one up-front check, keeping its problems (so that --check reports them all at once)."""
+    try:
+        return check(*args)
+    except UserError as e:
+        problems.extend(str(e).splitlines())
+        return None
+
+
+def check_only(args: argparse.Namespace, cfg, writer_opts: WriterOptions, device: torch.device) -> None:
+    """--check: the config, every listed file (decoded), the snapshot, pydensecrf and the output directory."""
+    problems: list[str] = []
+    _collect(problems, check_batch_size, cfg.TEST)
+    if writer_opts.crf is not None:
+        _collect(problems, writer_opts.crf.check)
+        _collect(problems, require_pydensecrf)
+    items = _collect(problems, read_inference_items, args.infer_list, cfg.TEST.DATA_ROOT)
+    if items is not None:
+        if os.path.isdir(args.infer_list):
+            _collect(problems, check_sizes, items, cfg.TEST, args.tight_canvas)
+        else:
+            problems.extend(check_file_list(args.infer_list, cfg.TEST.DATA_ROOT, need_masks=False))
+            if not problems:
+                _collect(problems, check_sizes, items, cfg.TEST, args.tight_canvas)
+        if cfg.TEST.USE_GT_LABELS and any(m is None for _, m in items):
+            problems.append(_no_gt_message(args.infer_list))
+    snapshot = _collect(problems, snapshot_path, args)
+    if snapshot is not None:
+        _collect(problems, build_inference_model, cfg, snapshot, device)
+    _collect(problems, check_writable_dir, args.mask_output_dir, "--mask-output-dir")
+    if problems:
+        raise UserError("\n".join(problems))
+    print(f"check passed: {len(items)} images in {args.infer_list}, snapshot {snapshot}, "
+          f"output directory {args.mask_output_dir}")
+
+
+def _no_gt_message(infer_list: str) -> str:
+    return (f"TEST.USE_GT_LABELS is True but --infer-list {infer_list} has no GT masks to take the labels from; "
+            "set TEST.USE_GT_LABELS False or give a list with '<image> <mask>' lines")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_parser().parse_args(argv)
+    cfg = load_cfg(args.cfg_file, args.set_cfgs)
+    resolve_dirs(args, create=False)
+    if args.workers < 0:
+        raise UserError(f"--workers {args.workers} must be >= 0 (0 runs the data loading and writing inline)")
+    if cfg.TEST.NUM_CLASSES != NUM_CLASSES:
+        raise UserError(f"config key TEST.NUM_CLASSES is {cfg.TEST.NUM_CLASSES}; the VOC data and outputs have "
+                        f"{NUM_CLASSES} classes")
+    rank, world, local_rank = _dist_rank_world()
+    device = select_device(args.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.set_num_threads(max(1, args.workers))
+    crf = None if args.no_crf else CRFParams.from_cfg(cfg.MASKS.CRF)
+    writer_opts = WriterOptions(args.mask_output_dir, crf, palette=args.palette, save_probs=args.save_probs)
+    if args.check:
+        check_only(args, cfg, writer_opts, device)
+        return
+
+    # everything that can be checked before a single file is written
+    n_variants = check_batch_size(cfg.TEST)
+    if crf is not None:
+        crf.check()
+        require_pydensecrf()
+    snapshot = snapshot_path(args)
+    items = read_inference_items(args.infer_list, cfg.TEST.DATA_ROOT)
+    if cfg.TEST.USE_GT_LABELS and any(m is None for _, m in items):
+        raise UserError(_no_gt_message(args.infer_list))
+    check_sizes(items, cfg.TEST, args.tight_canvas)
+    model = build_inference_model(cfg, snapshot, device)
+    for d in writer_opts.dirs():
+        check_writable_dir(d, "--mask-output-dir")
+    for d in (args.logdir, args.snapshot_dir):  # the original creates the run's directories
+        check_writable_dir(d, "run directory")
+    print(f"Inference batch size: {n_variants}")
+
+    mine = items[rank::world]  # image i goes to rank i % world
+    dataset = build_inference_dataset(mine, cfg.TEST, tight=args.tight_canvas, on_corrupt=cfg.TRAIN.ON_CORRUPT)
+    loader = get_inference_loader(dataset, args.workers)
+    pool = WriterPool(args.workers)
+    done = skipped = 0
+    start = time.time()
+    try:
+        with tqdm(total=len(mine), desc="inference", unit="img", disable=None if rank == 0 else True,
+                  file=sys.stderr, mininterval=1.0) as bar:
+            for batch in loader:
+                if batch is None:  # a corrupt image, skipped with a warning (TRAIN.ON_CORRUPT skip)
+                    skipped += 1
+                else:
+                    probs = predict(model, batch, cfg.TEST, device).cpu().numpy()  # [C, H, W]
+                    pool.submit(batch["id"], write_outputs, probs, batch["image"], batch["mask"], writer_opts)
+                    done += 1
+                bar.update(1)
+                if rank == 0 and (done + skipped) % ETA_EVERY == 0:
+                    eta = start + (time.time() - start) * len(mine) / (done + skipped)
+                    print(f"Finish time: {time.ctime(eta)}", flush=True)
+        pool.join()
+    finally:
+        pool.close(cancel=True)
+    elapsed = time.time() - start
+    if world > 1:
+        done, skipped = _sum_over_ranks(done, skipped)
+    if rank == 0:
+        rate = done / elapsed if elapsed > 0 else float("nan")
+        print(f"Inference done: {done} images ({skipped} skipped) in {elapsed:.1f} s ({rate:.2f} images/s, "
+              f"{world} process{'es' if world > 1 else ''}); masks in {args.mask_output_dir}", flush=True)
+
+
+def _sum_over_ranks(*counts: int) -> list[int]:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")  # torchrun's MASTER_ADDR/PORT, RANK, WORLD_SIZE
+    t = torch.tensor(counts, dtype=torch.int64)
+    dist.all_reduce(t)
+    dist.destroy_process_group()
+    return t.tolist()
+
+
+if __name__ == "__main__":
+    run_main(main)
