@@ -21,11 +21,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import scipy.io  # noqa: E402
+from scipy.io.matlab import MatReadError  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from utils.errors import UserError, run_main  # noqa: E402
-from utils.fileio import save_image  # noqa: E402
+from utils.fileio import check_writable_dir, save_image  # noqa: E402
 
 
 def read_sbd_mat(path: str) -> np.ndarray:
@@ -33,7 +34,8 @@ def read_sbd_mat(path: str) -> np.ndarray:
     try:
         mat = scipy.io.loadmat(path)
         seg = np.asarray(mat["GTcls"]["Segmentation"][0, 0])
-    except (KeyError, ValueError, TypeError, IndexError, OSError, NotImplementedError) as e:
+    # MatReadError: a truncated or foreign file (it derives from Exception only)
+    except (MatReadError, KeyError, ValueError, TypeError, IndexError, OSError, NotImplementedError) as e:
         raise UserError(f"{path} is not a readable SBD class annotation (GTcls.Segmentation): {e}; "
                         f"re-extract it from benchmark.tgz") from None
     if seg.ndim != 2 or not np.issubdtype(seg.dtype, np.integer) or seg.size == 0 or seg.min() < 0 or seg.max() > 255:
@@ -52,12 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isdir(args.inp):
         raise UserError(f"input directory {args.inp} not found; pass --inp <benchmark_RELEASE>/dataset/cls/ "
                         f"or run inside benchmark_RELEASE")
-    os.makedirs(args.out, exist_ok=True)
+    check_writable_dir(args.out, "output directory --out")
     files = sorted(glob.glob(args.inp + "*.mat"))
     print("Found {} files".format(len(files)))
     if not files:
         return 0
-    for path in tqdm(files):
+    # the bar only on a terminal: a log or a caller reading stderr gets the messages alone
+    for path in tqdm(files, disable=None):
         seg = read_sbd_mat(path)
         name = os.path.splitext(os.path.basename(path))[0] + ".png"
         save_image(Image.fromarray(seg, "L"), os.path.join(args.out, name))
