@@ -14,6 +14,9 @@ from typing import Any, Iterator
 
 from utils.errors import UserError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
@@ -27,6 +30,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         raise UserError(f"cannot write to {directory}: {e.strerror}; choose a writable output directory") from e
     os.close(fd)
     try:
+        # mkstemp creates the file private (0600); the target gets the usual permissions of a new file
+        os.chmod(tmp, 0o666 & ~_UMASK)
         yield tmp
         os.replace(tmp, path)
     except BaseException:
