@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Train the single-stage model with the vgg16 backbone (configs/voc_vgg16.yaml), in the background with nohup,
+# logging to $LOGDIR/$DS/$EXP/$RUN_ID.log, then tail -f the log. Set the values below or in the environment:
+#   EXP=v01 RUN_ID=r01 bash launch/run_voc_vgg16.sh
+#   FOREGROUND=1 EXP=v01 RUN_ID=r01 EXTRA_ARGS="--resume last" bash launch/run_voc_vgg16.sh
+# (more variables: launch/_train_common.sh)
+
+DS=${DS:-pascal_voc}
+
+## Your values here:
+#
+: "${EXP:=}"
+: "${RUN_ID:=}"
+#
+##
+
+CONFIG=configs/voc_vgg16.yaml
+MODEL_SETS=()
+source "$(dirname "${BASH_SOURCE[0]}")/_train_common.sh"

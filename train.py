@@ -1,0 +1,622 @@
+"""Training (SPEC 7): the original's epoch loop, validation cadence, checkpoint score, snapshots and logs.
+
+    python train.py --dataset pascal_voc --cfg configs/voc_resnet38.yaml --exp v01 --run r01
+    torchrun --nproc_per_node=4 train.py --dataset pascal_voc --cfg configs/voc_resnet38.yaml --exp v01 --run r01
+
+Behaviour kept from the original: epochs start..NUM_EPOCHS inclusive; every VAL_EVERY (2) epochs, before that
+epoch's training, validation on train_voc (train writer, no checkpoint) and on val (val writer, checkpoint); the
+checkpoint score 1 - mean validation loss from epoch PRETRAIN on, a snapshot when it improves; constant learning
+rates; the console lines and TensorBoard tags. Added: --random-seed seeds everything (seed + rank) before the model
+is built; every sample's augmentation comes from (seed, epoch, position), so runs repeat exactly and resume
+exactly (also mid-epoch); SIGINT/SIGTERM save a resumable snapshot; a non-finite loss stops the run; torchrun/DDP,
+mixed precision, channels_last and torch.compile behind config keys.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from datasets.pascal_voc import VOCSegmentation, collate_skip_none
+from datasets.voc import CLASS_NAMES, NUM_CLASSES, NUM_FG, denorm
+from losses import get_criterion
+from models import build_model
+from utils.checkpoints import Checkpointer, ResumePoint, best_suffix, interrupt_suffix, remove_stale_temporaries
+from utils.config import AttrDict, cfg_to_yaml, load_cfg
+from utils.dist import (DistContext, EpochSampler, SeededSamples, all_gather_objects, all_reduce_sum, barrier,
+                        broadcast_object, init_distributed, per_rank_batch, shutdown, unwrap, worker_init,
+                        wrap_model)
+from utils.errors import UserError, run_main
+from utils.fileio import check_writable_dir, save_torch, write_text
+from utils.opts import get_arg_parser, resolve_dirs, select_device, set_seed
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+LOG_EVERY = 10  # per-iteration console line every 10 iterations, as the original
+STREAMS = {"train": 0, "train_voc": 1, "val": 2}  # independent augmentation streams of the three loaders
+MODELS = ("ae", "bsl")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+INITIAL_BEST = -1e16  # the original's best_score before any checkpoint
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; the run stops at ``(epoch, phase, iteration)`` and saves a snapshot there."""
+
+    def __init__(self, signum: int, epoch: int, phase: str, iteration: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.epoch, self.phase, self.iteration = signum, epoch, phase, iteration
+
+
+class StopRequest:
+    """Turns the first SIGINT/SIGTERM into a request to stop after the current iteration; a second one aborts."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self._previous[s] = signal.signal(s, self._handle)
+
+    def uninstall(self) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        self.signum = signum
+        sys.stderr.write(f"{signal.Signals(signum).name}: finishing the current iteration, then saving a resumable "
+                         "snapshot (send it again to stop at once without saving)\n")
+        sys.stderr.flush()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# set-up
+
+def check_train_cfg(cfg: AttrDict) -> list[str]:
+    """Problems of the training keys, one line each (the merge already checked names and types)."""
+    problems = []
+    if cfg.NET.MODEL not in MODELS:
+        problems.append(f"config key NET.MODEL is {cfg.NET.MODEL!r}; set it to one of {', '.join(MODELS)}")
+    if cfg.TRAIN.AMP not in ("",) + tuple(AMP_DTYPES):
+        problems.append(f"config key TRAIN.AMP is {cfg.TRAIN.AMP!r}; use '' (off), 'bf16' or 'fp16'")
+    if cfg.TRAIN.VAL_EVERY < 1:
+        problems.append(f"config key TRAIN.VAL_EVERY is {cfg.TRAIN.VAL_EVERY}; it must be at least 1")
+    if cfg.TRAIN.MAX_ITERS < 0:
+        problems.append(f"config key TRAIN.MAX_ITERS is {cfg.TRAIN.MAX_ITERS}; use 0 (whole epochs) or more")
+    if cfg.TRAIN.BATCH_SIZE < 1:
+        problems.append(f"config key TRAIN.BATCH_SIZE is {cfg.TRAIN.BATCH_SIZE}; it must be at least 1")
+    opt = getattr(torch.optim, cfg.NET.OPT, None)
+    if not (isinstance(opt, type) and issubclass(opt, torch.optim.Optimizer)):
+        problems.append(f"config key NET.OPT is {cfg.NET.OPT!r}, not an optimiser of torch.optim; use SGD "
+                        "(the original's) or e.g. Adam")
+    return problems
+
+
+def check_data(cfg: AttrDict) -> list[str]:
+    """Every problem of the training lists and the files they name (decodes each image and mask once)."""
+    from datasets.checks import check_file_list
+
+    keys = ["TRAIN_LIST", "VAL_LIST"] + (["TRAIN_VOC_LIST"] if cfg.TRAIN.VAL_TRAIN_VOC else [])
+    problems = []
+    for key in keys:
+        problems += check_file_list(os.path.join(cfg.DATASET.ROOT, cfg.DATASET[key]), cfg.DATASET.ROOT,
+                                    need_masks=True)
+    return problems
+
+
+def preflight(args, cfg: AttrDict, ctx: DistContext) -> None:
+    """Config, data, output directories and the resume snapshot, all checked before the run; every problem at
+    once (rank 0 checks, the others learn the outcome)."""
+    problems: list[str] = []
+    if ctx.is_main:
+        problems += check_train_cfg(cfg)
+        for what, d in (("log directory", args.logdir), ("snapshot directory", args.snapshot_dir)):
+            try:
+                check_writable_dir(d, what)
+            except UserError as e:
+                problems.append(str(e))
+        if ctx.world_size > 1 and cfg.TRAIN.BATCH_SIZE % ctx.world_size:
+            problems.append(f"TRAIN.BATCH_SIZE {cfg.TRAIN.BATCH_SIZE} does not split evenly over {ctx.world_size} "
+                            "processes; set it to a multiple of the process count")
+        problems += check_data(cfg)
+        if args.resume and args.resume != "last":
+            model_file = os.path.join(args.snapshot_dir, f"model_enc_{args.resume}.pth")
+            if not os.path.isfile(model_file):
+                problems.append(f"snapshot {model_file} not found; check --resume (e.g. e020Xs0.928, or last) and "
+                                "--snapshot-dir/--dataset/--exp/--run")
+    problems = broadcast_object(problems, ctx)
+    if problems:
+        raise UserError("\n".join(problems))
+
+
+def git_description(argv: list[str]) -> str:
+    """Commit, whether the tree has uncommitted changes, and the command (the original's launch scripts record
+    the sha, the diff and the command next to the outputs)."""
+    def git(*cmd: str) -> str | None:
+        try:
+            r = subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    lines = [f"commit: {sha or 'unknown (not a git checkout or git missing)'}"]
+    if sha:
+        changed = git("status", "--porcelain", "--untracked-files=no")
+        changed_files = [ln[3:] for ln in (changed or "").splitlines() if ln.strip()]
+        lines.append(f"dirty: {'yes' if changed_files else 'no'}")
+        lines += [f"changed: {f}" for f in changed_files]
+    lines.append("command: " + " ".join([sys.executable, *argv]))
+    return "\n".join(lines) + "\n"
+
+
+def build_optimizer(net_cfg: AttrDict, groups: list[dict]) -> torch.optim.Optimizer:
+    """SPEC 7.4: per-group lr and weight decay override the defaults; constant rates."""
+    for i, g in enumerate(groups):
+        print(f"Group {i}: #{len(g['params'])}, LR={g['lr']:.2e}")
+    if net_cfg.OPT == "SGD":
+        print(f"Using SGD >>> learning rate = {net_cfg.LR:.2e}, momentum = {net_cfg.MOMENTUM}, "
+              f"weight decay = {net_cfg.WEIGHT_DECAY:.2e}")
+        return torch.optim.SGD(groups, lr=net_cfg.LR, momentum=net_cfg.MOMENTUM, weight_decay=net_cfg.WEIGHT_DECAY)
+    if net_cfg.OPT == "Adam":
+        print(f"Using Adam >>> learning rate = {net_cfg.LR:.2e}, beta1 = {net_cfg.BETA1}, "
+              f"weight decay = {net_cfg.WEIGHT_DECAY:.2e}")
+        return torch.optim.Adam(groups, lr=net_cfg.LR, betas=(net_cfg.BETA1, 0.999), weight_decay=net_cfg.WEIGHT_DECAY)
+    print(f"Using {net_cfg.OPT} >>> learning rate = {net_cfg.LR:.2e}")
+    return getattr(torch.optim, net_cfg.OPT)(groups, lr=net_cfg.LR)
+
+
+def make_loader(cfg: AttrDict, split: str, ctx: DistContext, seed: int, workers: int,
+                augment: bool) -> tuple[DataLoader, EpochSampler]:
+    """Loader of one split and its sampler (train: shuffled, drop_last; train_voc/val: in list order)."""
+    dataset = VOCSegmentation(cfg, split, augment=augment)
+    batch = cfg.TRAIN.BATCH_SIZE
+    train = split == "train"
+    if train and len(dataset) < batch:
+        raise UserError(f"split {split} ({dataset.list_path}) has {len(dataset)} images, fewer than the batch size "
+                        f"{batch}, so no batch would be left; lower TRAIN.BATCH_SIZE or add images")
+    sampler = EpochSampler(len(dataset), batch, seed, ctx.rank, ctx.world_size, shuffle=train, drop_last=train,
+                           stream=STREAMS[split])
+    loader = DataLoader(SeededSamples(dataset), batch_size=per_rank_batch(batch, ctx.world_size), sampler=sampler,
+                        num_workers=workers, pin_memory=ctx.device.type == "cuda", drop_last=False,
+                        collate_fn=collate_skip_none, worker_init_fn=worker_init if workers > 0 else None,
+                        generator=torch.Generator().manual_seed(seed))
+    return loader, sampler
+
+
+def load_fixed_batch(path: str, loader: DataLoader, sampler: EpochSampler, batch_size: int) -> dict[str, torch.Tensor]:
+    """The visualisation batch shared by the runs of an experiment (SPEC 7.1): loaded if its file exists, else
+    the first training batch of epoch 0 (all TRAIN.BATCH_SIZE images), saved there."""
+    if os.path.isfile(path):
+        try:
+            fixed = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(fixed, dict) and {"image", "labels"} <= set(fixed):
+                return fixed
+        except Exception as e:  # only a picture in the logs depends on it: make a new one
+            print(f"Warning: cannot read {path} ({type(e).__name__}); taking a new fixed batch")
+    dataset = loader.dataset
+    order = EpochSampler(sampler.n, batch_size, sampler.seed, shuffle=True, drop_last=True, stream=sampler.stream)
+    samples = [dataset[item] for _, item in zip(range(batch_size), iter(order))]
+    batch = collate_skip_none(samples)
+    if batch is None:
+        raise UserError("every image of the first training batch is unreadable; fix the training list")
+    fixed = {"image": batch[0], "labels": batch[1]}
+    save_torch(fixed, path)
+    return fixed
+
+
+# --------------------------------------------------------------------------------------------------------------
+# RNG state for exact resumes (stored as tensors and plain lists: the state file loads with weights_only=True)
+
+def capture_rng() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.random.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "random": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.random.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    r = state["random"]
+    random.setstate((r["version"], tuple(r["state"]), r["gauss"]))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# one step (SPEC 7.3)
+
+def forward_losses(net: nn.Module, criterion: Callable, image: torch.Tensor, labels: torch.Tensor, epoch: int,
+                   cfg: AttrDict) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Forward a batch; (loss to minimise, logged values, model outputs).
+
+    image [B,3,S,S] normalised, labels [B,20]. The mask loss joins from epoch TRAIN.PRETRAIN on (SPEC 5.12); it is
+    computed and logged before that too.
+    """
+    image_raw = denorm(image)  # [B,3,S,S] RGB in [0,1]
+    amp = AMP_DTYPES.get(cfg.TRAIN.AMP)
+    with torch.autocast(image.device.type, dtype=amp, enabled=amp is not None):
+        out = net(image, image_raw, labels)
+    loss_cls = criterion(out["cls"].float(), labels).mean()
+    logs = {"loss_cls": loss_cls, "loss_fg": out["cls_fg"].float().mean()}
+    loss = loss_cls
+    if "loss_mask" in out:
+        logs["loss_mask"] = out["loss_mask"].float().mean()
+        if epoch >= cfg.TRAIN.PRETRAIN:
+            loss = loss + cfg.NET.MASK_LOSS_BCE * logs["loss_mask"]
+    logs["loss"] = loss
+    return loss, logs, out
+
+
+def train_iteration(net: nn.Module, criterion: Callable, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, image: torch.Tensor, labels: torch.Tensor, epoch: int,
+                    iteration: int, cfg: AttrDict, ctx: DistContext, stop: bool = False) -> tuple[dict[str, float], bool]:
+    """One training step: forward, losses averaged over all processes, the NaN guard, backward, optimiser step.
+
+    Returns the logged values (means over the global batch) and whether any process asked to stop. A non-finite
+    loss stops the run before the step, so the weights stay the last finite ones.
+    """
+    loss, logs, _ = forward_losses(net, criterion, image, labels, epoch, cfg)
+    keys = list(logs)
+    values = torch.stack([v.detach().float() for v in logs.values()] + [torch.tensor(float(stop), device=loss.device)])
+    values = all_reduce_sum(values, ctx).cpu()
+    means = {k: values[i].item() / ctx.world_size for i, k in enumerate(keys)}
+    if not all(math.isfinite(v) for v in means.values()):
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in means.items())
+        raise UserError(f"non-finite loss at epoch {epoch}, iteration {iteration} ({shown}); the last good snapshot "
+                        "stays on disk: lower NET.LR, or try TRAIN.AMP '' if mixed precision is on, and resume")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return means, values[-1].item() > 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the trainer
+
+class Trainer:
+    """State and phases of one run: validation, a training epoch, snapshots, logs."""
+
+    def __init__(self, args, cfg: AttrDict, ctx: DistContext, model: nn.Module, optimizer: torch.optim.Optimizer):
+        from tensorboardX import SummaryWriter
+
+        self.args, self.cfg, self.ctx = args, cfg, ctx
+        self.model, self.optimizer = model, optimizer
+        self.criterion = get_criterion(cfg.NET.LOSS)
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.TRAIN.AMP == "fp16")
+        self.seed = args.random_seed
+        self.best_score = INITIAL_BEST
+        self.stop = StopRequest()
+        self.checkpoints = Checkpointer(args.snapshot_dir, model, optimizer)
+        self.writers = ({k: SummaryWriter(os.path.join(args.logdir, k)) for k in ("train", "val")}
+                        if ctx.is_main else {})
+        self.tty = sys.stdout.isatty()
+        self.net = wrap_model(model, ctx)
+        if cfg.TRAIN.COMPILE:
+            self.net = torch.compile(self.net)
+        # validation and visualisation need no collectives: the plain model (DataParallel still splits batches)
+        self.eval_net = self.net if isinstance(self.net, nn.DataParallel) else model
+        self.position = ("val", 0)  # where the first epoch starts: with its validation (if due), or mid-training
+        self.epoch_sums: dict[str, float] = {}
+
+    def print(self, *a: Any) -> None:
+        if self.ctx.is_main:
+            print(*a, flush=True)
+
+    def _to_device(self, image: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fmt = torch.channels_last if self.cfg.TRAIN.CHANNELS_LAST else torch.contiguous_format
+        image = image.to(self.ctx.device, non_blocking=True).contiguous(memory_format=fmt)
+        return image, labels.to(self.ctx.device, non_blocking=True)
+
+    # --- snapshots ---
+    def state(self, epoch: int, phase: str, iteration: int) -> dict[str, Any]:
+        """What an exact resume needs besides model and optimiser (collective: every process contributes RNG)."""
+        return {"epoch": epoch, "phase": phase, "iteration": iteration, "best_score": self.best_score,
+                "seed": self.seed, "world_size": self.ctx.world_size, "epoch_sums": dict(self.epoch_sums),
+                "scaler": self.scaler.state_dict(), "rng": all_gather_objects(capture_rng(), self.ctx)}
+
+    def save(self, suffix: str, state: dict[str, Any]) -> bool:
+        saved = self.checkpoints.save(suffix, state) if self.ctx.is_main else True
+        barrier(self.ctx)
+        return saved
+
+    def resume(self, point: ResumePoint) -> int:
+        """Apply a loaded snapshot; returns the first epoch."""
+        self.best_score = point.best_score
+        if point.state is None:  # the original's snapshot: its rule (the epoch after the suffix's)
+            self.print(f"Resumed from {point.suffix}: epoch {point.start_epoch}, best score {self.best_score:.3f}")
+            return point.start_epoch
+        st = point.state
+        if st["seed"] != self.seed:
+            self.print(f"Note: the run used --random-seed {st['seed']}; continuing with it (given: {self.seed})")
+            self.seed = st["seed"]
+        self.position = (st["phase"], st["iteration"])
+        self.epoch_sums = dict(st["epoch_sums"])
+        if st.get("scaler"):
+            self.scaler.load_state_dict(st["scaler"])
+        if st["world_size"] == self.ctx.world_size:
+            restore_rng(st["rng"][self.ctx.rank])
+        else:
+            self.print(f"Note: the snapshot was written by {st['world_size']} processes, this run has "
+                       f"{self.ctx.world_size}; the random stream of dropout and the gate starts afresh")
+        self.print(f"Resumed from {point.suffix}: epoch {st['epoch']}, "
+                   + (f"training from iteration {st['iteration']}" if st["phase"] == "train" else "with validation")
+                   + f", best score {self.best_score:.3f}")
+        return st["epoch"]
+
+    # --- validation (SPEC 7.5) ---
+    def validation(self, epoch: int, writer_key: str, loader: DataLoader, sampler: EpochSampler,
+                   checkpoint: bool) -> dict[str, float]:
+        from sklearn.metrics import average_precision_score
+
+        self.model.eval()
+        sampler.set_epoch(epoch)
+        batches: list[tuple[int, dict[str, float], int]] = []
+        scores, targets = [], []
+        with torch.no_grad():
+            for b, batch in enumerate(loader):
+                if batch is None:
+                    continue
+                image, labels = self._to_device(batch[0], batch[1])
+                _, logs, out = forward_losses(self.eval_net, self.criterion, image, labels, epoch, self.cfg)
+                n = image.shape[0]
+                batches.append((b, {k: v.item() * n for k, v in logs.items()}, n))
+                scores.append(torch.sigmoid(out["cls"].float()).cpu())
+                targets.append(labels.cpu())
+        parts = all_gather_objects((batches, torch.cat(scores) if scores else None,
+                                    torch.cat(targets) if targets else None), self.ctx)
+        # per global batch: its mean loss (the shards of one batch have the same index on every process)
+        merged: dict[int, tuple[dict[str, float], int]] = {}
+        for part_batches, _, _ in parts:
+            for b, sums, n in part_batches:
+                acc, m = merged.get(b, ({}, 0))
+                merged[b] = ({k: acc.get(k, 0.0) + v for k, v in sums.items()}, m + n)
+        if not merged:
+            raise UserError(f"validation at epoch {epoch}: no readable image in the {writer_key} split")
+        means = {k: float(np.mean([s[k] / n for s, n in merged.values()])) for k in next(iter(merged.values()))[0]}
+        y_score = torch.cat([p[1] for p in parts if p[1] is not None]).numpy()
+        y_true = torch.cat([p[2] for p in parts if p[2] is not None]).numpy().astype(np.int64)
+        present = y_true.sum(0) > 0
+        ap = np.full(NUM_FG, np.nan)
+        if present.any():
+            ap[present] = average_precision_score(y_true[:, present], y_score[:, present], average=None)
+        if self.ctx.is_main:
+            writer = self.writers[writer_key]
+            for k in range(NUM_FG):
+                name = CLASS_NAMES[k + 1]
+                if present[k]:
+                    writer.add_scalar("%02d_%s/AP" % (k + 1, name), ap[k], epoch)
+                    print("AP_{}: {:4.3f}".format(name, ap[k]))
+            absent = [CLASS_NAMES[k + 1] for k in range(NUM_FG) if not present[k]]
+            if absent:
+                print(f"No AP for {len(absent)} classes absent from this split (left out of the mAP): "
+                      + ", ".join(absent))
+            if present.any():
+                writer.add_scalar("all_wo_BG/mAP", float(np.nanmean(ap)), epoch)
+                print("mAP: {:4.3f}".format(float(np.nanmean(ap))))
+            for k, v in means.items():
+                writer.add_scalar(f"all/{k}", v, epoch)
+                print("{}: {:4.3f}".format(k, v))
+        if checkpoint and epoch >= self.cfg.TRAIN.PRETRAIN:
+            score = 1.0 - means["loss"]
+            if self.ctx.is_main:
+                self.writers[writer_key].add_scalar("all/checkpoint_score", score, epoch)
+            if score > self.best_score:
+                self.best_score = score
+                suffix = best_suffix(epoch, score)
+                self.print(">>> Saving checkpoint with score {:3.2e}, epoch {}".format(score, epoch))
+                # validation of this epoch is done: a resume continues with its training
+                if not self.save(suffix, self.state(epoch, "train", 0)):
+                    self.print(f"Snapshot {suffix} exists already; it is kept as it is")
+        return means
+
+    # --- training (SPEC 7.3) ---
+    def train_epoch(self, epoch: int, loader: DataLoader, sampler: EpochSampler, start: int) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        self.model.train()
+        sampler.set_epoch(epoch)
+        sampler.set_start(start)
+        total = sampler.num_batches()
+        if cfg.TRAIN.MAX_ITERS:
+            total = min(total, cfg.TRAIN.MAX_ITERS)
+        if start == 0:
+            self.epoch_sums = {}
+        t0, images = time.time(), 0
+        bar = None
+        if self.tty and ctx.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=start, desc=f"Epoch {epoch}", dynamic_ncols=True, leave=False)
+        try:
+            i = start
+            for batch in loader:
+                if i >= total:
+                    break
+                if batch is None:  # every image of the batch was skipped (TRAIN.ON_CORRUPT skip)
+                    print(f"Warning: epoch {epoch}, iteration {i}: no readable image in the batch; skipped")
+                    i += 1
+                    continue
+                image, labels = self._to_device(batch[0], batch[1])
+                means, stop = train_iteration(self.net, self.criterion, self.optimizer, self.scaler, image, labels,
+                                              epoch, i, cfg, ctx, stop=self.stop.signum is not None)
+                # one process stops right after the iteration the signal arrived in; under torchrun all processes
+                # stop together, after the iteration whose reduced flag first shows it
+                stop = stop or (not ctx.distributed and self.stop.signum is not None)
+                for k, v in means.items():
+                    self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v
+                self.epoch_sums["_n"] = self.epoch_sums.get("_n", 0.0) + 1
+                images += cfg.TRAIN.BATCH_SIZE
+                rate = images / max(time.time() - t0, 1e-9)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{rate:.1f}")
+                    bar.update(1)
+                elif i % LOG_EVERY == 0:
+                    msg = "Loss [{:04d}]: ".format(i)
+                    msg += "".join("{}: {:.4f} | ".format(k, v) for k, v in means.items())
+                    self.print(msg + " | Im/Sec: {:.1f}".format(rate))
+                i += 1
+                if stop:
+                    raise Interrupted(self.stop.signum or signal.SIGTERM, epoch, "train", i)
+        finally:
+            if bar is not None:
+                bar.close()
+        n = self.epoch_sums.pop("_n", 0.0)
+        epoch_means = {k: v / max(n, 1.0) for k, v in self.epoch_sums.items()}
+        self.epoch_sums = {}
+        for k, v in epoch_means.items():
+            self.print("{}: {:4.3f}".format(k, v))
+        for g, group in enumerate(self.optimizer.param_groups):
+            self.print("Learning rate [{}]: {:4.3e}".format(g, group["lr"]))
+        if ctx.is_main:
+            writer = self.writers["train"]
+            for g, group in enumerate(self.optimizer.param_groups):
+                writer.add_scalar("lr/enc_group_%02d" % g, group["lr"], epoch)
+            for k, v in epoch_means.items():
+                writer.add_scalar(f"train_epoch/{k}", v, epoch)
+
+    def visualise(self, epoch: int, fixed: dict[str, torch.Tensor]) -> None:
+        """The ``visualisation`` image of the fixed batch, in eval mode (SPEC 7.6)."""
+        from utils.visualize import visualisation_grid
+
+        self.model.eval()
+        image, labels = self._to_device(fixed["image"], fixed["labels"])
+        with torch.no_grad():
+            _, _, out = forward_losses(self.eval_net, self.criterion, image, labels, epoch, self.cfg)
+        self.writers["train"].add_image("visualisation", visualisation_grid(image, labels, out), epoch)
+        self.writers["train"].flush()
+
+    def check_stop(self, epoch: int, phase: str, iteration: int) -> None:
+        """Between phases: stop if any process got a signal."""
+        flag = all_reduce_sum(torch.tensor([float(self.stop.signum is not None)], device=self.ctx.device), self.ctx)
+        if flag.item() > 0:
+            raise Interrupted(self.stop.signum or signal.SIGTERM, epoch, phase, iteration)
+
+    def fit(self, start_epoch: int, loaders: dict[str, tuple[DataLoader, EpochSampler]],
+            fixed: dict[str, torch.Tensor] | None) -> None:
+        cfg = self.cfg
+        phase, start_iter = self.position
+        for epoch in range(start_epoch, cfg.TRAIN.NUM_EPOCHS + 1):
+            self.print("Epoch >>> {}".format(epoch))
+            if phase == "val" and epoch % cfg.TRAIN.VAL_EVERY == 0:
+                if cfg.TRAIN.VAL_TRAIN_VOC:
+                    t = time.time()
+                    self.validation(epoch, "train", *loaders["train_voc"], checkpoint=False)
+                    self.print("Validation / Train: {:.2g}m".format((time.time() - t) / 60))
+                    self.check_stop(epoch, "val", 0)
+                t = time.time()
+                self.validation(epoch, "val", *loaders["val"], checkpoint=True)
+                self.print("Validation /   Val: {:.2g}m".format((time.time() - t) / 60))
+                self.check_stop(epoch, "train", 0)
+            t = time.time()
+            self.train_epoch(epoch, *loaders["train"], start=start_iter)
+            self.print("Train epoch: {:.2g}m".format((time.time() - t) / 60))
+            if fixed is not None and self.ctx.is_main:
+                self.visualise(epoch, fixed)
+            phase, start_iter = "val", 0
+            if epoch < cfg.TRAIN.NUM_EPOCHS:
+                self.check_stop(epoch + 1, "val", 0)
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.close()
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = get_arg_parser("Single-stage semantic segmentation: training").parse_args(argv)
+    cfg = load_cfg(args.cfg_file, args.set_cfgs)
+    ctx = init_distributed(select_device(args.device))
+    try:
+        if ctx.is_main:
+            return run(args, argv, cfg, ctx)
+        # the other processes of a torchrun job keep quiet: rank 0 prints (errors still reach stderr)
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            return run(args, argv, cfg, ctx)
+    finally:
+        shutdown(ctx)
+
+
+def run(args, argv: list[str], cfg: AttrDict, ctx: DistContext) -> int:
+    torch.backends.cudnn.benchmark = True  # as the original's training
+    if args.workers > 0:
+        torch.set_num_threads(args.workers)
+    resolve_dirs(args, create=ctx.is_main)
+    preflight(args, cfg, ctx)
+    if ctx.is_main:
+        print("Config:")
+        print(cfg_to_yaml(cfg), flush=True)
+    set_seed(args.random_seed + ctx.rank)  # before the model is built: the head's initialisation is seeded
+    model = build_model(cfg.NET, num_classes=NUM_CLASSES)
+    if args.check:
+        if args.resume:
+            Checkpointer(args.snapshot_dir, model).load(args.resume)
+        print(f"OK: config, data lists, weights and output directories checked ({args.cfg_file})")
+        return 0
+    print(f"Model: {cfg.NET.MODEL}, backbone {cfg.NET.BACKBONE}; {ctx.world_size} process(es) on {ctx.device}")
+    model.to(ctx.device)
+    if cfg.TRAIN.CHANNELS_LAST:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg.NET, model.parameter_groups(cfg.NET.LR, cfg.NET.WEIGHT_DECAY))
+    if ctx.is_main:
+        write_text(os.path.join(args.logdir, "config.yaml"), cfg_to_yaml(cfg))
+        write_text(os.path.join(args.logdir, "git.txt"), git_description(["train.py", *argv]))
+        for path in remove_stale_temporaries(args.snapshot_dir):
+            print(f"Removed the unfinished file {path} of an interrupted run")
+
+    trainer = Trainer(args, cfg, ctx, model, optimizer)
+    start_epoch = 0
+    if args.resume:
+        start_epoch = trainer.resume(trainer.checkpoints.load(args.resume))
+    seed = trainer.seed
+    augment_val = not cfg.TRAIN.DETERMINISTIC_VAL
+    loaders = {"train": make_loader(cfg, "train", ctx, seed, args.workers, augment=True),
+               "val": make_loader(cfg, "val", ctx, seed, args.workers, augment=augment_val)}
+    if cfg.TRAIN.VAL_TRAIN_VOC:
+        loaders["train_voc"] = make_loader(cfg, "train_voc", ctx, seed, args.workers, augment=augment_val)
+    fixed = load_fixed_batch(args.fixed_batch_path, *loaders["train"], cfg.TRAIN.BATCH_SIZE) if ctx.is_main else None
+
+    trainer.stop.install()
+    try:
+        trainer.fit(start_epoch, loaders, fixed)
+    except Interrupted as e:
+        suffix = interrupt_suffix(e.epoch, e.iteration)
+        trainer.save(suffix, trainer.state(e.epoch, e.phase, e.iteration))
+        if ctx.is_main:
+            sys.stderr.write(f"stopped by {e}: epoch {e.epoch}, {e.phase} iteration {e.iteration}; saved snapshot "
+                             f"{suffix} in {args.snapshot_dir}; resume with the same command and --resume {suffix} "
+                             "(or --resume last)\n")
+        return 128 + e.signum
+    finally:
+        trainer.stop.uninstall()
+        trainer.close()
+    trainer.print(f"Done: {cfg.TRAIN.NUM_EPOCHS + 1 - start_epoch} epochs; best score {trainer.best_score:.3f}; "
+                  f"snapshots in {args.snapshot_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,115 @@
+"""TensorBoard visualisation of the fixed batch (SPEC 7.6) and a reader for the event files the run writes.
+
+Per image one row: the image, then an overlay for each of "cam", "dec", "pseudo" that the model returns, under a
+16-pixel header naming the image's classes; rows stacked with torchvision's make_grid as the original. The
+original ships UbuntuMono; we use DejaVu Sans Mono, which matplotlib (a dependency) ships under a free licence.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import struct
+from functools import lru_cache
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torchvision.utils import make_grid
+
+from datasets.voc import CLASS_NAMES, NUM_CLASSES, PALETTE, denorm
+
+PANELS = ("cam", "dec", "pseudo")  # overlays, in the original's order
+IMAGE_WEIGHT = 0.3  # overlay = 0.3 image + 0.7 colour * confidence
+MASK_WEIGHT = 0.7
+HEADER_HEIGHT = 16
+FONT_SIZE = 12
+TEXT_POS = (5, 1)
+GRID_PADDING = 8
+GRID_PAD_VALUE = 0.9
+
+
+@lru_cache(maxsize=1)
+def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    import matplotlib
+
+    path = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSansMono.ttf")
+    try:
+        return ImageFont.truetype(path, FONT_SIZE)
+    except OSError:  # a matplotlib without its fonts: PIL's built-in bitmap font still names the classes
+        return ImageFont.load_default()
+
+
+def overlay(image: torch.Tensor, masks: torch.Tensor, plain_where_empty: bool = False) -> torch.Tensor:
+    """image [3,H,W] RGB in [0,1], masks [21,H,W] -> [3,H,W]: ``0.3 image + 0.7 colour(argmax) min(max, 1)``.
+
+    ``plain_where_empty``: pixels where no channel is set (pseudo labels: "ignore") show the plain image.
+    """
+    conf, idx = masks.max(0)  # [H,W]
+    colours = torch.from_numpy(PALETTE[:NUM_CLASSES].astype(np.float32) / 255.0).to(image.device)  # [21,3]
+    colour = colours[idx].permute(2, 0, 1)  # [3,H,W]
+    out = IMAGE_WEIGHT * image + MASK_WEIGHT * colour * conf.clamp(max=1.0)
+    if plain_where_empty:
+        empty = masks.sum(0) <= 0  # [H,W]
+        out = torch.where(empty[None], image, out)
+    return out
+
+
+def _header(labels: torch.Tensor, width: int) -> torch.Tensor:
+    """[3,16,W] black strip with the names of the image's classes in white."""
+    names = ", ".join(CLASS_NAMES[k + 1] for k in torch.nonzero(labels > 0).flatten().tolist())
+    img = Image.new("RGB", (width, HEADER_HEIGHT), (0, 0, 0))
+    ImageDraw.Draw(img).text(TEXT_POS, names, fill=(255, 255, 255), font=_font())
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def visualisation_grid(image: torch.Tensor, labels: torch.Tensor, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The ``visualisation`` image: image [B,3,H,W] normalised, labels [B,20], model outputs -> [3,H',W'] in [0,1]."""
+    raw = denorm(image.detach().float().cpu()).clamp(0, 1)  # [B,3,H,W]
+    rows = []
+    for b in range(raw.shape[0]):
+        panels = [raw[b]]
+        for key in PANELS:
+            if key in outputs and outputs[key] is not None:
+                masks = outputs[key][b].detach().float().cpu()
+                panels.append(overlay(raw[b], masks, plain_where_empty=key == "pseudo"))
+        row = torch.cat(panels, dim=2)  # [3,H,W*P]
+        rows.append(torch.cat((_header(labels[b], row.shape[2]), row), dim=1))
+    return make_grid(torch.stack(rows), nrow=1, padding=GRID_PADDING, pad_value=GRID_PAD_VALUE)
+
+
+# --- reading the event files back (tests, tools); tensorboard's own reader is not a dependency ---
+
+def _records(path: str):
+    """The payloads of a TFRecord file (length, crc, data, crc)."""
+    with open(path, "rb") as f:
+        while True:
+            head = f.read(12)
+            if len(head) < 12:
+                return
+            (length,) = struct.unpack("<Q", head[:8])
+            data = f.read(length)
+            if len(data) < length or len(f.read(4)) < 4:
+                return  # a record the writer had not finished
+            yield data
+
+
+def read_events(logdir: str) -> dict[str, dict[int, float | bytes]]:
+    """{tag: {step: value}} of every event file in ``logdir``: scalars as floats, images as PNG bytes.
+
+    Files are read in name order (tensorboardX names them by creation time), so a resumed run's values replace
+    those of the interrupted one at the same step.
+    """
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, dict[int, float | bytes]] = {}
+    for path in sorted(glob.glob(os.path.join(glob.escape(logdir), "events.out.tfevents.*"))):
+        for data in _records(path):
+            event = event_pb2.Event.FromString(data)
+            if not event.HasField("summary"):
+                continue
+            for v in event.summary.value:
+                if v.HasField("image"):
+                    out.setdefault(v.tag, {})[event.step] = v.image.encoded_image_string
+                elif v.HasField("simple_value") or v.WhichOneof("value") == "simple_value":
+                    out.setdefault(v.tag, {})[event.step] = v.simple_value
+    return out
