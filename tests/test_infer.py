@@ -217,7 +217,7 @@ def test_launch_script_on_a_list_with_masks(setup, synthetic_root, tmp_path):
         assert pred_img.mode == "L" and pred_img.size == (w, h)
         pred = np.asarray(pred_img)
         top2 = np.sort(ref, 0)[-2:]
-        clear = top2[1] - top2[0] > 1e-5
+        clear = top2[1] - top2[0] > 1e-4  # channels_last: equal up to float rounding
         assert np.array_equal(pred[clear], ref.argmax(0)[clear])
         crf = np.asarray(Image.open(save_dir / "crf" / f"{i}.png"))
         assert crf.shape == (h, w) and crf.max() <= 20

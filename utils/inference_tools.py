@@ -62,7 +62,7 @@ def merge_multiscale(probs: torch.Tensor | Sequence[torch.Tensor], pads: torch.T
             p = p.flip(-1)
         p = p * keep.to(p.device)
         total = p if total is None else total + p
-    merged = total / len(probs)  # [C, H, W]
+    merged = (total / len(probs)).contiguous()  # [C, H, W]
     merged[0] = merged[0] ** bg_pow
     return merged
 

@@ -38,7 +38,8 @@ def _variant(img: Image.Image, scale: float, flip: bool, pad_hw) -> tuple[torch.
 @torch.inference_mode()
 def infer_image(model: torch.nn.Module, image: np.ndarray, test_cfg,
                 gt_labels: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 [H, W, 3] -> merged probabilities P [C, H, W] (CPU), exactly as SPEC 8 describes."""
+    """uint8 [H, W, 3] -> merged probabilities P [C, H, W] (CPU), exactly as SPEC 8 describes; the network and the
+    merge run on the model's device."""
     img = Image.fromarray(image)
     variants, pads = [], []
     for scale in test_cfg.SCALES:
@@ -46,10 +47,11 @@ def infer_image(model: torch.nn.Module, image: np.ndarray, test_cfg,
             x, p = _variant(img, scale, flip, test_cfg.PAD_SIZE)
             variants.append(x)
             pads.append(p)
-    out = model(torch.stack(variants))
+    device = next(model.parameters()).device
+    out = model(torch.stack(variants).to(device))
     cls, probs = out["cls"], out["masks"]  # [N, 20], [N, C, PH, PW]
     if test_cfg.USE_GT_LABELS:
-        labels = gt_labels
+        labels = gt_labels.to(device)
     else:
         labels = (torch.sigmoid(cls).max(0)[0] > test_cfg.FP_CUT_SCORE).float()
     height, width = image.shape[:2]
@@ -64,4 +66,4 @@ def infer_image(model: torch.nn.Module, image: np.ndarray, test_cfg,
     masks[:, 1:] *= labels[None, :, None, None]
     merged = masks.mean(0)
     merged[0] = merged[0] ** test_cfg.BG_POW
-    return merged
+    return merged.cpu()
