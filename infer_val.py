@@ -9,8 +9,11 @@ loads ``<snapshot-dir>/<dataset>/<exp>/<run>/model_enc_<resume>.pth`` and writes
 prediction and GT panels). --infer-list may be a list without masks (test.txt: no GT panel, labels from the
 predictions) or a folder of images. Additions: --palette (VOC-coloured PNGs for the evaluation server),
 --save-probs (merged probabilities as float16 .npy, e.g. for pseudo labels), --no-crf, --tight-canvas (faster,
-not the original's numbers), --no-channels-last, --check (validate everything, run nothing). Under
-``torchrun --nproc_per_node=N`` each rank infers every N-th image of the list.
+not the original's numbers), --no-channels-last, --check (validate everything, run nothing).
+
+Under ``torchrun --standalone --nproc_per_node=N -- infer_val.py ...`` (the ``--`` keeps torchrun from reading
+``--run`` as its own ``--run-path``) rank r infers images r, r + N, ... of the list and writes their files; rank 0
+prints the summary.
 """
 from __future__ import annotations
 
@@ -202,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
         check_writable_dir(d, "--mask-output-dir")
     for d in (args.logdir, args.snapshot_dir):  # the original creates the run's directories
         check_writable_dir(d, "run directory")
-    print(f"Inference batch size: {n_variants}")
+    if rank == 0:
+        print(f"Inference batch size: {n_variants}")
 
     mine = items[rank::world]  # image i goes to rank i % world
     dataset = build_inference_dataset(mine, cfg.TEST, tight=args.tight_canvas, on_corrupt=cfg.TRAIN.ON_CORRUPT)

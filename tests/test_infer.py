@@ -382,3 +382,17 @@ def test_cli_error_is_one_line_with_exit_status_2(setup, synthetic_root, tmp_pat
                                         "not found; check --snapshot-dir, --dataset, --exp, --run and --resume "
                                         "(inference never runs with an untrained head)"]
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_torchrun_ranks_take_disjoint_parts_of_the_list(setup, synthetic_root, tmp_path, monkeypatch, capsys):
+    base, cfgs = setup
+    monkeypatch.setattr(infer_val, "_sum_over_ranks", lambda *counts: [3 * c for c in counts])  # 3 ranks alike
+    out = tmp_path / "o"
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    for rank in (1, 0):
+        monkeypatch.setenv("RANK", str(rank))
+        infer_val.main(_args(base, cfgs["ae"], "ae", os.path.join(synthetic_root, "val_voc.txt"), str(out / str(rank)),
+                             synthetic_root, "--no-crf"))
+    assert [f for f in _files(out / "1") if "/" not in f] == ["val_000001.png", "val_000004.png"]
+    assert [f for f in _files(out / "0") if "/" not in f] == ["val_000000.png", "val_000003.png"]
+    assert capsys.readouterr().out.count("Inference done: 6 images") == 1  # rank 0 reports the total
