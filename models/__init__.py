@@ -1,25 +1,34 @@
-"""``build_model(cfg.NET)``: a backbone by name, the head by NET.MODEL, the ImageNet weights unless FROM_SCRATCH."""
+"""``build_model(cfg.NET, num_classes)``: the backbone by NET.BACKBONE, the model by NET.MODEL ("ae" single-stage,
+"bsl" CAM baseline), and the ImageNet initialisation from NET.PRE_WEIGHTS_PATH unless NET.FROM_SCRATCH."""
 from __future__ import annotations
 
 import torch.nn as nn
 
 from models.backbones import build_backbone
 from models.stage_net import CAMNet, SingleStageNet
+from models.weights import load_init_weights
 from utils.errors import UserError
 
 MODELS = ("ae", "bsl")
 
 
 def build_model(net_cfg, num_classes: int = 21) -> nn.Module:
-    from models.weights import load_init_weights
+    """The model NET describes, on the CPU (the caller moves it to its device).
 
-    backbone = build_backbone(net_cfg.BACKBONE)
-    if backbone.pretrained and not net_cfg.FROM_SCRATCH:
+    With NET.FROM_SCRATCH the backbone is not loaded and, since its layers are random, not frozen either (its BNs
+    train normally); the original always starts from ImageNet weights. The light "resnet18" is always trained
+    from scratch.
+    """
+    if net_cfg.MODEL not in MODELS:
+        raise UserError(f"unknown model {net_cfg.MODEL!r} (NET.MODEL); valid: {', '.join(MODELS)}")
+    backbone = build_backbone(net_cfg.BACKBONE, pretrained=not net_cfg.FROM_SCRATCH)
+    if backbone.pretrained:
         load_init_weights(backbone, net_cfg.PRE_WEIGHTS_PATH, net_cfg.BACKBONE)
     if net_cfg.MODEL == "ae":
         return SingleStageNet(backbone, num_classes, focal_p=net_cfg.FOCAL_P, focal_lambda=net_cfg.FOCAL_LAMBDA,
                               pamr_iter=net_cfg.PAMR_ITER, pamr_kernel=tuple(net_cfg.PAMR_KERNEL),
                               sg_psi=net_cfg.SG_PSI)
-    if net_cfg.MODEL == "bsl":
-        return CAMNet(backbone, num_classes, bg_score=net_cfg.BG_SCORE)
-    raise UserError(f"unknown model {net_cfg.MODEL!r} (NET.MODEL); valid: {', '.join(MODELS)}")
+    return CAMNet(backbone, num_classes, bg_score=net_cfg.BG_SCORE)
+
+
+__all__ = ["MODELS", "build_model"]

@@ -1,11 +1,13 @@
 """The single-stage model "ae" (SPEC 5.2-5.12) and the CAM baseline "bsl" (SPEC 5.13).
 
-Both compose a backbone. Their state_dict nevertheless carries the backbone's parameters at the top level, as the
-original's (whose models subclass the backbone): the renaming lives in the two hooks of ``_TopLevelBackbone``, so
-the original's snapshots load strictly and ours load in the original.
+Both compose a backbone instead of inheriting from it. Their state_dict nevertheless carries the backbone's
+tensors at the top level (``conv1a.weight``, not ``backbone.conv1a.weight``), as the original's, whose models
+subclass the backbone: two state-dict hooks of ``_BackboneHead`` rename the keys, so the original's snapshots load
+strictly and the files we save load in the original.
 
-``forward(image, image_raw=None, labels=None)`` returns one dict in both modes: {"cls", "masks"} in test mode (no
-``image_raw`` and no ``labels``), and the training outputs otherwise (see each model).
+``forward(image, image_raw=None, labels=None)`` returns one dict in every mode: {"cls", "masks"} in test mode
+(neither ``image_raw`` nor ``labels`` given) and the training outputs otherwise (see each model). The loss of the
+masks is computed inside ``forward``, as the original, so that nn.DataParallel scatters it.
 """
 from __future__ import annotations
 
@@ -13,18 +15,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from losses.functional import (add_background_logit, balanced_mask_loss, class_scores, pseudo_gt,
-                               rescale_and_clean)
+from losses.functional import (add_background_logit, balanced_mask_loss, class_scores, foreground_coverage,
+                               pseudo_gt, rescale_and_clean)
 from models.backbones import Backbone
 from models.mods.aspp import ASPP, ASPP_CHANNELS
 from models.mods.gci import GCI
-from models.mods.pamr import PAMR
+from models.mods.pamr import DEFAULT_DILATIONS, DEFAULT_ITERS, PAMR
 from models.mods.sg import StochasticGate
 
-SKIP_CHANNELS = 48  # fc8_skip output
+SKIP_CHANNELS = 48  # fc8_skip output channels
 DECODER_CHANNELS = 256
-BSL_MASK_EPS = 1e-5
-BACKBONE_PREFIX = "backbone."
+DECODER_DROPOUT = (0.5, 0.1)  # after the first and the second conv of last_conv
+BSL_DROPOUT = 0.5  # Dropout2d before the baseline's pooling
+BSL_MASK_EPS = 1e-5  # CAMs are divided by (eps + their maximum)
+BACKBONE = "backbone"
+PARAM_LAYERS = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
 
 
 def _bn_layers(module: nn.Module) -> list[nn.Module]:
@@ -32,68 +37,66 @@ def _bn_layers(module: nn.Module) -> list[nn.Module]:
 
 
 def _param_layers(modules: list[nn.Module]) -> list[nn.Module]:
-    return [m for root in modules for m in root.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d))]
+    return [m for root in modules for m in root.modules() if isinstance(m, PARAM_LAYERS)]
 
 
-class _TopLevelBackbone(nn.Module):
-    """Base of both models: holds ``self.backbone`` but saves and loads its tensors without the prefix, and keeps
-    the original's freezing rules (frozen layers never train; frozen BNs always use their running statistics)."""
+def _init_new_layers(modules: list[nn.Module]) -> None:
+    """Kaiming-normal convs (fan-in, gain sqrt 2), BN gamma 1 and beta 0; conv biases keep PyTorch's default."""
+    for layer in _param_layers(modules):
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight)
+        elif layer.affine:
+            nn.init.ones_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+
+def _check_mode(image_raw: torch.Tensor | None, labels: torch.Tensor | None) -> bool:
+    """True in test mode; the training outputs need both the raw image and the labels."""
+    if (image_raw is None) != (labels is None):
+        raise ValueError("forward needs both image_raw and labels (training outputs) or neither (test mode)")
+    return labels is None
+
+
+class _BackboneHead(nn.Module):
+    """What both models share: the backbone (its keys at the top level of the state dict), the original's freezing
+    rules (frozen layers never train; frozen BNs always normalise with their running statistics) and the four
+    parameter groups."""
 
     def __init__(self, backbone: Backbone):
         super().__init__()
         self.backbone = backbone
-        self._frozen: list[nn.Module] = []
-        self._bn_frozen: list[nn.Module] = []
-        self._from_scratch: list[nn.Module] = []
-        self._register_state_dict_hook(self._strip_backbone_prefix)
-        self._register_load_state_dict_pre_hook(self._add_backbone_prefix)
+        self._frozen: list[nn.Module] = []  # weights and biases never trained
+        self._bn_frozen: list[nn.Module] = []  # always in eval mode
+        self._from_scratch: list[nn.Module] = []  # new layers: the high learning rates
+        if backbone.pretrained:
+            # SPEC 4, 5.2: the named early layers and every backbone BN (statistics and affine) stay at ImageNet values
+            self._frozen += _param_layers(backbone.frozen_layers()) + _bn_layers(backbone)
+            self._bn_frozen += _bn_layers(backbone)
+        self.register_state_dict_post_hook(_backbone_keys_to_top)
+        self.register_load_state_dict_pre_hook(_backbone_keys_from_top)
 
-    # --- checkpoint compatibility: backbone keys at the top level ---
-    @staticmethod
-    def _strip_backbone_prefix(module, state_dict, prefix, local_metadata):
-        head = prefix + BACKBONE_PREFIX
-        renamed = type(state_dict)()
-        for k, v in state_dict.items():
-            renamed[prefix + k[len(head):] if k.startswith(head) else k] = v
-        if hasattr(state_dict, "_metadata"):
-            renamed._metadata = state_dict._metadata
-        return renamed
-
-    def _add_backbone_prefix(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                             error_msgs):
-        top = set(dict(self.backbone.named_children()))
-        for k in list(state_dict):
-            if k.startswith(prefix) and k[len(prefix):].split(".", 1)[0] in top:
-                state_dict[prefix + BACKBONE_PREFIX + k[len(prefix):]] = state_dict.pop(k)
-
-    # --- freezing (SPEC 4.1, 5.2) ---
-    def _freeze_backbone(self) -> None:
-        """The pretrained backbones: named layers frozen, and every backbone BN frozen (statistics and affine)."""
-        if not self.backbone.pretrained:
-            return
-        self._frozen += _param_layers(self.backbone.frozen_layers()) + _bn_layers(self.backbone)
-        self._bn_frozen += _bn_layers(self.backbone)
-        for m in self._frozen:
-            for p in m.parameters(recurse=False):
-                p.requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
+    def _apply_freezing(self) -> None:
         for m in self._frozen:
             for p in m.parameters(recurse=False):
                 p.requires_grad_(False)
         for m in self._bn_frozen:
             m.eval()
+
+    def train(self, mode: bool = True) -> "_BackboneHead":
+        """The mode switch, then the freezing re-applied, as the original's ``train`` override."""
+        super().train(mode)
+        self._apply_freezing()
         return self
 
     def parameter_groups(self, base_lr: float, weight_decay: float) -> list[dict]:
-        """Four groups (pretrained weights, pretrained biases, new weights, new biases) with the backbone's
-        learning-rate multipliers; biases get no weight decay (SPEC 4.1)."""
+        """Four optimiser groups (SPEC 4.1): pretrained weights, pretrained biases, new weights, new biases, with the
+        backbone's learning-rate multipliers; biases get no weight decay. Frozen layers are left out; BN gammas of
+        new layers count as weights (so they get weight decay), as the original."""
         groups: list[list[nn.Parameter]] = [[], [], [], []]
         frozen = {id(m) for m in self._frozen}
         new = {id(m) for m in self._from_scratch}
         for m in self.modules():
-            if id(m) in frozen or not isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+            if id(m) in frozen or not isinstance(m, PARAM_LAYERS):
                 continue
             offset = 2 if id(m) in new else 0
             if m.weight is not None:
@@ -105,17 +108,48 @@ class _TopLevelBackbone(nn.Module):
                 for i, g in enumerate(groups)]
 
 
-class SingleStageNet(_TopLevelBackbone):
-    """The single-stage model "ae"."""
+def _backbone_keys_to_top(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """state_dict post-hook: ``<prefix>backbone.X`` -> ``<prefix>X`` in place, keeping the order (our keys are the
+    last ones in the dict when the hook runs)."""
+    head = prefix + BACKBONE + "."
+    ours = [k for k in state_dict if k.startswith(prefix)]
+    items = [(prefix + k[len(head):] if k.startswith(head) else k, state_dict.pop(k)) for k in ours]
+    state_dict.update(items)
+    metadata = getattr(state_dict, "_metadata", None)
+    if metadata is not None:  # module versions are keyed by module path: rename those too
+        for k in [k for k in metadata if k.startswith(head)]:
+            metadata[prefix + k[len(head):]] = metadata.pop(k)
+        metadata.pop(head[:-1], None)
+
+
+def _backbone_keys_from_top(module: _BackboneHead, state_dict: dict, prefix: str, local_metadata: dict,
+                            strict: bool, missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+    """load_state_dict pre-hook: top-level keys of backbone layers get the ``backbone.`` prefix back."""
+    top = {name for name, _ in module.backbone.named_children()}
+    top |= {name for name, _ in module.backbone.named_parameters(recurse=False)}
+    top |= {name for name, _ in module.backbone.named_buffers(recurse=False)}
+    for k in [k for k in state_dict if k.startswith(prefix) and k[len(prefix):].split(".", 1)[0] in top]:
+        state_dict[prefix + BACKBONE + "." + k[len(prefix):]] = state_dict.pop(k)
+
+
+class SingleStageNet(_BackboneHead):
+    """The single-stage model "ae": backbone -> ASPP -> decoder with GCI and the Stochastic Gate -> 20 foreground
+    logits at stride 4 plus a constant background logit.
+
+    Test mode returns {"cls" [B,20] class logits, "masks" [B,21,H,W] softmax probabilities at the input size}.
+    Otherwise (training, and validation in eval mode) it returns {"cls", "cls_fg" [B] mean foreground mask size,
+    "cam" [B,21,H,W] masks, "dec" [B,21,H,W] PAMR-refined masks (both cleaned with the labels), "logits"
+    [B,21,h,w], "pseudo" [B,21,H,W] 0/1 pseudo ground truth, "loss_mask" [B] class-balanced CE}.
+    """
 
     def __init__(self, backbone: Backbone, num_classes: int = 21, focal_p: float = 3, focal_lambda: float = 0.01,
-                 pamr_iter: int = 10, pamr_kernel: tuple[int, ...] = (1, 2, 4, 8, 12, 24), sg_psi: float = 0.3):
+                 pamr_iter: int = DEFAULT_ITERS, pamr_kernel: tuple[int, ...] = DEFAULT_DILATIONS,
+                 sg_psi: float = 0.3):
         super().__init__(backbone)
         self.focal_p, self.focal_lambda = focal_p, focal_lambda
-        self._freeze_backbone()
         c3, c6 = backbone.channels["conv3"], backbone.channels["conv6"]
         self.aspp = ASPP(c6)
-        # the ASPP BNs stay in eval mode with their initial statistics: a learnable affine map (SPEC 5.2)
+        # SPEC 5.2: the ASPP BNs stay in eval mode with their initial statistics (a learnable affine map)
         self._bn_frozen += _bn_layers(self.aspp)
         self._aff = PAMR(pamr_iter, tuple(pamr_kernel))
         self.shallow_mask = GCI(c3, DECODER_CHANNELS, DECODER_CHANNELS)
@@ -127,73 +161,75 @@ class SingleStageNet(_TopLevelBackbone):
             nn.BatchNorm2d(DECODER_CHANNELS), nn.ReLU(inplace=True))
         self.last_conv = nn.Sequential(
             nn.Conv2d(DECODER_CHANNELS, DECODER_CHANNELS, 3, padding=1, bias=False), nn.BatchNorm2d(DECODER_CHANNELS),
-            nn.ReLU(inplace=True), nn.Dropout(0.5),
+            nn.ReLU(inplace=True), nn.Dropout(DECODER_DROPOUT[0]),
             nn.Conv2d(DECODER_CHANNELS, DECODER_CHANNELS, 3, padding=1, bias=False), nn.BatchNorm2d(DECODER_CHANNELS),
-            nn.ReLU(inplace=True), nn.Dropout(0.1),
+            nn.ReLU(inplace=True), nn.Dropout(DECODER_DROPOUT[1]),
             nn.Conv2d(DECODER_CHANNELS, num_classes - 1, 1))
-        for m in (self.shallow_mask, self.fc8_skip, self.fc8_x, self.last_conv):
-            for layer in m.modules():
-                if isinstance(layer, nn.Conv2d):
-                    nn.init.kaiming_normal_(layer.weight)
-                elif isinstance(layer, nn.BatchNorm2d) and layer.affine:
-                    nn.init.ones_(layer.weight)
-                    nn.init.zeros_(layer.bias)
-        self._from_scratch += _param_layers([self.aspp, self.shallow_mask, self.fc8_skip, self.fc8_x, self.last_conv])
+        decoder = [self.shallow_mask, self.fc8_skip, self.fc8_x, self.last_conv]
+        _init_new_layers(decoder)
+        self._from_scratch += _param_layers([self.aspp] + decoder)
+        self._apply_freezing()
 
     def forward(self, image: torch.Tensor, image_raw: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """image [B,3,H,W] normalised; image_raw [B,3,H,W] RGB in [0,1]; labels [B,20]."""
+        """image [B,3,H,W] normalised; image_raw [B,3,H,W] RGB in [0,1]; labels [B,20] 0/1."""
+        test_mode = _check_mode(image_raw, labels)
         size = image.shape[-2:]
         feats = self.backbone(image)
-        conv3 = feats["conv3"]  # [B,256,h,w]
+        conv3 = feats["conv3"]  # [B,C3,h,w]
         a = self.aspp(feats["conv6"])  # [B,256,h8,w8]
         s = self.fc8_skip(conv3)  # [B,48,h,w]
-        a = F.interpolate(a, size=s.shape[-2:], mode="bilinear", align_corners=True)
-        x1 = self.fc8_x(torch.cat((a, s), dim=1))  # deep [B,256,h,w]
-        x2 = self.shallow_mask(conv3, x1)  # shallow with global cues [B,256,h,w]
-        x = add_background_logit(self.last_conv(self.sg(x1, x2)))  # logits [B,21,h,w]
-        masks = torch.softmax(x.float(), dim=1)  # [B,21,h,w]
-        cls = class_scores(x.float(), masks, self.focal_p, self.focal_lambda)  # [B,20]
-        if image_raw is None and labels is None:
-            return {"cls": cls, "masks": F.interpolate(masks, size=size, mode="bilinear", align_corners=True)}
+        a = F.interpolate(a, size=s.shape[-2:], mode="bilinear", align_corners=True)  # [B,256,h,w]
+        x1 = self.fc8_x(torch.cat((a, s), dim=1))  # deep features [B,256,h,w]
+        x2 = self.shallow_mask(conv3, x1)  # shallow features with global cues [B,256,h,w]
+        fg = self.last_conv(self.sg(x1, x2))  # [B,20,h,w]
+        # the paper's maths in float32, also under autocast
+        with torch.autocast(device_type=image.device.type, enabled=False):
+            x = add_background_logit(fg.float())  # logits [B,21,h,w]
+            masks = torch.softmax(x, dim=1)  # [B,21,h,w]
+            cls = class_scores(x, masks, self.focal_p, self.focal_lambda)  # [B,20]
+            if test_mode:
+                return {"cls": cls, "masks": F.interpolate(masks, size=size, mode="bilinear", align_corners=True)}
+            labels = labels.float()
+            small = F.interpolate(image_raw.float(), size=x.shape[-2:], mode="bilinear", align_corners=True)
+            refined = self._aff(small, masks.detach())  # [B,21,h,w]
+            cam = rescale_and_clean(masks, labels, size)  # [B,21,H,W]
+            dec = rescale_and_clean(refined, labels, size)  # [B,21,H,W]
+            pseudo = pseudo_gt(dec).detach()  # [B,21,H,W]
+            return {"cls": cls, "cls_fg": foreground_coverage(masks.detach(), labels), "cam": cam, "dec": dec,
+                    "logits": x, "pseudo": pseudo, "loss_mask": balanced_mask_loss(x, pseudo, labels)}
 
-        mbar = masks[:, 1:].mean((2, 3)).detach()  # [B,20]
-        cls_fg = (mbar * labels).sum(1) / labels.sum(1).clamp_min(1)
-        small = F.interpolate(image_raw.float(), size=x.shape[-2:], mode="bilinear", align_corners=True)
-        refined = self._aff(small, masks.detach())  # [B,21,h,w]
-        cam = rescale_and_clean(masks, labels, size)
-        dec = rescale_and_clean(refined, labels, size)
-        pseudo = pseudo_gt(dec).detach()
-        return {"cls": cls, "cls_fg": cls_fg, "cam": cam, "dec": dec, "logits": x, "pseudo": pseudo,
-                "loss_mask": balanced_mask_loss(x, pseudo, labels)}
 
-
-class CAMNet(_TopLevelBackbone):
-    """The CAM baseline "bsl": a 1x1 classifier over the deepest features, global average pooling for the class
-    scores, max-normalised ReLU maps with a constant background score for the masks."""
+class CAMNet(_BackboneHead):
+    """The CAM baseline "bsl": a 1x1 classifier ``fc8`` over the deepest features; global average pooling gives
+    the class scores, the ReLU class maps normalised by their maximum give the masks, with a constant background
+    score. Test mode returns {"cls", "masks" [B,21,H,W]}; otherwise {"cls", "cls_fg", "cam" (cleaned masks)}.
+    Unlike the original, inference works (the original's forward needs a dummy second argument)."""
 
     def __init__(self, backbone: Backbone, num_classes: int = 21, bg_score: float = 0.1):
         super().__init__(backbone)
         self.bg_score = bg_score
-        self._freeze_backbone()
         self.fc8 = nn.Conv2d(backbone.channels["conv6"], num_classes - 1, 1, bias=False)
         nn.init.xavier_uniform_(self.fc8.weight)
-        # the same fc8 registered in both branches, as the original (three state-dict keys, one tensor)
-        self.cls_branch = nn.Sequential(nn.Dropout2d(0.5), nn.AdaptiveAvgPool2d(1), self.fc8)
+        # the same fc8 in both branches, as the original: three state-dict keys for one tensor
+        self.cls_branch = nn.Sequential(nn.Dropout2d(BSL_DROPOUT), nn.AdaptiveAvgPool2d(1), self.fc8)
         self.mask_branch = nn.Sequential(self.fc8, nn.ReLU())
         self._from_scratch.append(self.fc8)
+        self._apply_freezing()
 
     def forward(self, image: torch.Tensor, image_raw: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """image [B,3,H,W] normalised; labels [B,20] 0/1 (``image_raw`` is not used: CAMs need no refinement)."""
         size = image.shape[-2:]
-        conv6 = self.backbone(image)["conv6"]
-        cls = self.cls_branch(conv6).flatten(1).float()  # [B,20]
-        cams = F.interpolate(self.fc8(conv6).float(), size=size, mode="bilinear", align_corners=True).relu()
-        cams = cams / (BSL_MASK_EPS + cams.flatten(2).amax(2)[:, :, None, None])
-        masks = torch.cat((torch.full_like(cams[:, :1], self.bg_score), cams), dim=1)  # [B,21,H,W]
-        if image_raw is None and labels is None:
-            return {"cls": cls, "masks": masks}
-        mbar = masks[:, 1:].mean((2, 3)).detach()
-        cls_fg = (mbar * labels).sum(1) / labels.sum(1).clamp_min(1)
-        keep = torch.cat((torch.ones_like(labels[:, :1]), labels), dim=1)[:, :, None, None]
-        return {"cls": cls, "cls_fg": cls_fg, "cam": masks * keep}
+        conv6 = self.backbone(image)["conv6"]  # [B,F,h8,w8]
+        cls = self.cls_branch(conv6).flatten(1)  # [B,20]
+        with torch.autocast(device_type=image.device.type, enabled=False):
+            cls = cls.float()
+            cams = F.interpolate(self.fc8(conv6).float(), size=size, mode="bilinear", align_corners=True).relu()
+            cams = cams / (BSL_MASK_EPS + cams.flatten(2).amax(2)[:, :, None, None])  # [B,20,H,W] in [0,1)
+            masks = torch.cat((torch.full_like(cams[:, :1], self.bg_score), cams), dim=1)  # [B,21,H,W]
+            if labels is None:
+                return {"cls": cls, "masks": masks}
+            labels = labels.float()
+            return {"cls": cls, "cls_fg": foreground_coverage(masks, labels),
+                    "cam": rescale_and_clean(masks, labels, size)}

@@ -1,70 +1,118 @@
-"""Loading the original's weight files: ImageNet initialisation files and trained snapshots (model_enc_*.pth)."""
+"""Compatibility with the original's weight files, in one place: the ImageNet initialisation files of the four
+backbones and trained snapshots (``model_enc_*.pth``, ours or the original's).
+
+Both are plain state dicts whose keys are already our names (SPEC 4.2-4.4, Appendix A), so no key mapping is
+needed; what this module adds over the original's non-strict loading is checking: every backbone tensor must be
+found in an init file, and a snapshot must match the model exactly, with errors that say what the file is.
+"""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from utils.errors import UserError
 
-# where each init file comes from (the original's README names them; they go to models/weights/)
-INIT_SOURCES = {
-    "resnet38": ("ilsvrc-cls_rna-a1_cls1000_ep-0001.pth",
-                 "the link in the README of the original project (visinf/1-stage-wseg), 402 MB"),
-    "vgg16": ("vgg16_20M.pth", "the link in the README of the original project (visinf/1-stage-wseg), 79 MB"),
-    "resnet50": ("resnet50-19c8e357.pth",
-                 "https://download.pytorch.org/models/resnet50-19c8e357.pth (torchvision's resnet50-0676ba61.pth "
-                 "works too)"),
-    "resnet101": ("resnet101-5d3b4d8f.pth",
-                  "https://download.pytorch.org/models/resnet101-5d3b4d8f.pth (torchvision's resnet101-63fe2227.pth "
-                  "works too)"),
+ORIGINAL_PROJECT = "https://github.com/visinf/1-stage-wseg"
+TORCHVISION_MODELS = "https://download.pytorch.org/models/"
+SHOW_KEYS = 3  # keys named in an error message
+COUNTER_SUFFIX = "num_batches_tracked"  # BN counters: absent from old files, not weights
+
+
+@dataclass(frozen=True)
+class InitFile:
+    name: str  # the file name the original's configs use
+    source: str  # where to download it
+    alternates: tuple[str, ...] = ()  # other file names holding the same network (accepted in the same directory)
+
+
+INIT_FILES = {
+    "resnet38": InitFile("ilsvrc-cls_rna-a1_cls1000_ep-0001.pth",
+                         f"the original project's README ({ORIGINAL_PROJECT}), 402 MB"),
+    "vgg16": InitFile("vgg16_20M.pth", f"the original project's README ({ORIGINAL_PROJECT}), 79 MB"),
+    "resnet50": InitFile("resnet50-19c8e357.pth", TORCHVISION_MODELS + "resnet50-19c8e357.pth",
+                         ("resnet50-0676ba61.pth",)),
+    "resnet101": InitFile("resnet101-5d3b4d8f.pth", TORCHVISION_MODELS + "resnet101-5d3b4d8f.pth",
+                          ("resnet101-63fe2227.pth",)),
 }
-SHOW_KEYS = 3
 
 
-def _torch_load(path: str, what: str) -> dict:
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else type(e).__name__
+
+
+def read_state_dict(path: str, what: str) -> dict[str, torch.Tensor]:
+    """The tensors of a .pth state dict on the CPU (also from a GPU-saved or legacy-format file); a {"state_dict":
+    ...} wrapper is unwrapped. Unreadable files are a UserError naming the file."""
+    if not os.path.isfile(path):
+        raise UserError(f"{what} {path} not found" if not os.path.exists(path) else f"{what} {path} is not a file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{what} {path} not found") from None
-    except IsADirectoryError:
-        raise UserError(f"{what} {path} is a directory, not a .pth file") from None
-    except Exception as e:  # torch raises many types for a truncated or foreign file
-        raise UserError(f"{what} {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                        "the file is corrupt or not a PyTorch state dict: download or copy it again") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+    except Exception as e:  # torch raises many types for truncated or foreign files
+        raise UserError(f"{what} {path} cannot be read ({type(e).__name__}: {_first_line(e)}); the file is corrupt "
+                        "or not a PyTorch state dict: download or copy it again") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"{what} {path} does not hold a state dict of tensors")
     return obj
 
 
-def load_init_weights(backbone: nn.Module, path: str, name: str) -> None:
-    """Load an ImageNet file into the backbone; every backbone tensor must be found (extra keys are ignored)."""
-    fname, source = INIT_SOURCES.get(name, (None, None))
-    if not path or not os.path.exists(path):
-        hint = f" (expected {fname}, from {source}, placed in models/weights/)" if fname else ""
-        raise UserError(f"init weights {path or '(NET.PRE_WEIGHTS_PATH is empty)'} not found{hint}; "
-                        "or train from scratch with --set NET.FROM_SCRATCH True")
-    state = _torch_load(path, "init weights")
+def resolve_init_path(path: str, backbone: str) -> str:
+    """The init file to read: ``path`` itself, or a file of the same network under another accepted name in the
+    same directory (torchvision's current ResNet files). A missing file is a UserError naming it and its source."""
+    spec = INIT_FILES.get(backbone)
+    if path and os.path.isfile(path):
+        return path
+    if spec is not None:
+        for name in spec.alternates:
+            alt = os.path.join(os.path.dirname(path) or ".", name)
+            if path and os.path.isfile(alt):
+                print(f"Init weights: {path} not found, using {alt} (the same network)")
+                return alt
+    where = path or "(empty NET.PRE_WEIGHTS_PATH)"
+    hint = ""
+    if spec is not None:
+        also = f" (or {', '.join(spec.alternates)})" if spec.alternates else ""
+        hint = f"; download {spec.name}{also} from {spec.source} into models/weights/"
+    raise UserError(f"init weights {where} not found{hint}, or train from scratch with --set NET.FROM_SCRATCH True")
+
+
+def load_init_weights(backbone: nn.Module, path: str, name: str) -> dict[str, int]:
+    """Load an ImageNet file into ``backbone`` (NET.BACKBONE ``name``) and print one summary line.
+
+    Every backbone tensor must be in the file with its shape (the original's non-strict loading would silently
+    keep random weights for a misnamed key); extra tensors, such as the ImageNet classifier ``fc.*``, are ignored.
+    Returns the counts {"loaded", "missing", "unexpected"} (BN counters, absent from old files, are not counted).
+    """
+    path = resolve_init_path(path, name)
+    state = read_state_dict(path, "init weights")
     own = backbone.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    wanted = [k for k in own if not k.endswith(COUNTER_SUFFIX)]
+    missing = [k for k in wanted if k not in state]
+    expected = INIT_FILES[name].name if name in INIT_FILES else "the right"
     if missing:
-        raise UserError(f"init weights {path} do not fit backbone {name}: {len(missing)} tensors missing, e.g. "
-                        f"{', '.join(missing[:SHOW_KEYS])}; is it the {fname} file?")
-    bad = [k for k in own if k in state and state[k].shape != own[k].shape]
+        raise UserError(f"init weights {path} do not fit backbone {name}: {len(missing)} of {len(wanted)} tensors "
+                        f"missing ({', '.join(missing[:SHOW_KEYS])}, ...); is it {expected} file?")
+    bad = [k for k in wanted if state[k].shape != own[k].shape]
     if bad:
         k = bad[0]
-        raise UserError(f"init weights {path}: shape of {k} is {tuple(state[k].shape)}, backbone {name} expects "
-                        f"{tuple(own[k].shape)}; is it the {fname} file?")
-    result = backbone.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    unexpected = len([k for k in state if k not in own])
-    print(f"Loading weights from: {path} ({len(own) - len(result.missing_keys)} tensors loaded, "
-          f"{len(result.missing_keys)} missing, {unexpected} unused)")
+        raise UserError(f"init weights {path}: {k} has shape {tuple(state[k].shape)}, backbone {name} needs "
+                        f"{tuple(own[k].shape)}; is it {expected} file?")
+    backbone.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    unexpected = [k for k in state if k not in own]
+    extra = f" ({', '.join(unexpected[:SHOW_KEYS])}{', ...' if len(unexpected) > SHOW_KEYS else ''})" \
+        if unexpected else ""
+    print(f"Loading weights from: {path}: {len(wanted)} tensors loaded, 0 missing, {len(unexpected)} unexpected "
+          f"(ignored){extra}")
+    return {"loaded": len(wanted), "missing": 0, "unexpected": len(unexpected)}
 
 
-def _guess_backbone(keys: set[str]) -> str:
+def guess_backbone(keys: set[str]) -> str:
+    """Which backbone a state dict's keys belong to (for error messages)."""
     if "conv1a.weight" in keys:
         return "resnet38"
     if "conv1_1.weight" in keys:
@@ -75,18 +123,23 @@ def _guess_backbone(keys: set[str]) -> str:
         return "resnet50"
     if "layer1.0.conv2.weight" in keys:
         return "resnet18"
-    return "an unknown backbone"
+    return "unknown"
 
 
-def _guess_model(keys: set[str]) -> str:
-    return "bsl" if "fc8.weight" in keys else "ae" if "last_conv.8.weight" in keys else "unknown"
+def guess_model(keys: set[str]) -> str:
+    """Which model ("ae" or "bsl") a snapshot's keys belong to (for error messages)."""
+    if "fc8.weight" in keys:
+        return "bsl"
+    if "last_conv.8.weight" in keys:
+        return "ae"
+    return "unknown"
 
 
 def load_snapshot(model: nn.Module, path: str) -> None:
-    """Load a model_enc_*.pth (ours or the original's) strictly; a mismatch names the keys and the likely backbone."""
-    if not os.path.exists(path):
-        raise UserError(f"snapshot {path} not found; check --snapshot-dir/--dataset/--exp/--run/--resume")
-    state = _torch_load(path, "snapshot")
+    """Load a ``model_enc_*.pth`` (ours or the original's; a DataParallel ``module.`` prefix is stripped) with
+    strict key matching. A mismatch is one UserError naming the first differing keys and the backbone and model
+    the file was saved from."""
+    state = read_state_dict(path, "snapshot")
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -94,13 +147,13 @@ def load_snapshot(model: nn.Module, path: str) -> None:
     shape = [k for k in own if k in state and own[k].shape != state[k].shape]
     if missing or unexpected or shape:
         keys = set(state)
-        found = f"the file looks like backbone {_guess_backbone(keys)}, model {_guess_model(keys)}"
-        if shape:
-            k = shape[0]
-            detail = f"shape of {k} is {tuple(state[k].shape)}, expected {tuple(own[k].shape)}"
+        found = f"the file is a {guess_backbone(keys)} backbone with model {guess_model(keys)}"
+        if missing or unexpected:
+            detail = (f"missing keys {', '.join(missing[:SHOW_KEYS]) or 'none'}; "
+                      f"unexpected keys {', '.join(unexpected[:SHOW_KEYS]) or 'none'}")
         else:
-            detail = (f"missing {', '.join(missing[:SHOW_KEYS]) or 'none'}; "
-                      f"unexpected {', '.join(unexpected[:SHOW_KEYS]) or 'none'}")
+            k = shape[0]
+            detail = f"{k} has shape {tuple(state[k].shape)}, the model needs {tuple(own[k].shape)}"
         raise UserError(f"snapshot {path} does not match the configured model ({detail}); {found}: "
-                        "set NET.BACKBONE / NET.MODEL accordingly")
+                        "set NET.BACKBONE / NET.MODEL (or TEST.NUM_CLASSES) to match it")
     model.load_state_dict(state, strict=True)

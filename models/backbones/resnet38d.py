@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.backbones import Backbone
+from models.backbones.base import Backbone
 
 
 class ResBlock(nn.Module):
@@ -57,11 +57,13 @@ class ResBlockBot(nn.Module):
 
 
 class ResNet38d(Backbone):
+    """Layer names are the original's checkpoint prefixes (conv1a, b2 ... b7, bn7)."""
+
     channels = {"conv3": 256, "conv6": 4096}
     lr_mult = (1, 2, 10, 20)
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, pretrained: bool = True):
+        super().__init__(pretrained)
         self.conv1a = nn.Conv2d(3, 64, 3, padding=1, bias=False)
         self.b2 = ResBlock(64, 128, 128, stride=2)
         self.b2_1 = ResBlock(128, 128, 128)
@@ -89,7 +91,7 @@ class ResNet38d(Backbone):
         x = self.conv1a(x)
         x = self.b2_2(self.b2_1(self.b2(x)))
         x = self.b3_2(self.b3_1(self.b3(x)))
-        conv3 = x  # [B,256,H/4,W/4]
+        conv3 = x  # [B,256,H/4,W/4]: the raw residual sum of b3_2
         x = self.b4(x)
         x = self.b4_5(self.b4_4(self.b4_3(self.b4_2(self.b4_1(x)))))
         x = self.b5_2(self.b5_1(self.b5(x)))

@@ -5,15 +5,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.backbones import Backbone
+from models.backbones.base import Backbone
 
 
 class VGG16d(Backbone):
     channels = {"conv3": 256, "conv6": 1024}
     lr_mult = (1, 2, 10, 20)
 
-    def __init__(self, fc6_dilation: int = 1):
-        super().__init__()
+    def __init__(self, pretrained: bool = True, fc6_dilation: int = 1):
+        super().__init__(pretrained)
         self.conv1_1 = nn.Conv2d(3, 64, 3, padding=1)
         self.conv1_2 = nn.Conv2d(64, 64, 3, padding=1)
         self.pool1 = nn.MaxPool2d(3, 2, 1)

@@ -7,9 +7,12 @@ import torch.nn.functional as F
 
 ASPP_RATES = (1, 12, 24, 36)
 ASPP_CHANNELS = 256
+ASPP_DROPOUT = 0.5
 
 
 class _ASPPModule(nn.Module):
+    """One branch: conv (no bias) -> BN -> ReLU."""
+
     def __init__(self, c_in: int, c_out: int, kernel: int, dilation: int):
         super().__init__()
         pad = 0 if kernel == 1 else dilation
@@ -22,18 +25,21 @@ class _ASPPModule(nn.Module):
 
 
 class ASPP(nn.Module):
+    """[B,F,h,w] -> [B,256,h,w]: four atrous branches and image pooling, concatenated and fused by a 1x1 conv.
+    The rates are those of output stride 8 for every backbone, also the stride-16 ResNets (as the original)."""
+
     def __init__(self, c_in: int, c_out: int = ASPP_CHANNELS):
         super().__init__()
         self.aspp1 = _ASPPModule(c_in, c_out, 1, ASPP_RATES[0])
         self.aspp2 = _ASPPModule(c_in, c_out, 3, ASPP_RATES[1])
         self.aspp3 = _ASPPModule(c_in, c_out, 3, ASPP_RATES[2])
         self.aspp4 = _ASPPModule(c_in, c_out, 3, ASPP_RATES[3])
-        self.global_avg_pool = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+        self.global_avg_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c_in, c_out, 1, bias=False),
+                                             nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
         self.conv1 = nn.Conv2d(5 * c_out, c_out, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(c_out)
         self.relu = nn.ReLU(inplace=True)
-        self.dropout = nn.Dropout(0.5)
+        self.dropout = nn.Dropout(ASPP_DROPOUT)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight)

@@ -1,13 +1,18 @@
 """PAMR: Pixel-Adaptive Mask Refinement (SPEC 5.8).
 
-The affinity of pixel i to its neighbour n (8 neighbours at each dilation d, 48 in all) is a softmax over n of
-``-mean_k |I_k(i) - I_k(nb_n(i))| / (eps + 0.1 sigma_k(i))``, with ``sigma_k(i)`` the standard deviation of the 54
-values the 3x3 kernels at the six dilations gather around i. The mask is then averaged T times with these weights.
+Pixel i and its neighbour n (8 per dilation d at offsets ((a-1)d, (b-1)d), 48 for the six dilations) get the
+affinity ``alpha_n(i) = softmax_n(-mean_k |I_k(i) - I_k(nb_n(i))| / (eps + 0.1 sigma_k(i)))``, with ``sigma_k(i)``
+the unbiased standard deviation of the 54 values that the 3x3 kernels at the six dilations gather around i (the
+centre once per dilation). The mask is then replaced T times by the alpha-weighted sum of its neighbours. Pixels
+outside the image are read from the nearest border pixel (replicate padding).
 
-The original gathers the neighbours with fixed 3x3 convolution kernels, which materialises 48 copies of the mask in
-every iteration. PAMR is linear in the mask, so the same sums are taken here over shifted views of one
-replicate-padded mask per dilation, accumulated in place. The kernels stay registered as buffers so that checkpoints
-keep the original's keys (``_aff.aff_x.kernel``, ``_aff.aff_m.kernel``, ``_aff.aff_std.kernel``).
+The original gathers neighbours with fixed 3x3 kernels applied by conv2d per channel, which writes 48 copies of
+the mask [B,C,48,H,W] in every iteration. The sums here are the same but taken over shifted views of one
+replicate-padded mask, accumulated in place, a few images at a time so that the working set stays in cache:
+replicate padding clamps coordinates to the border, so padding once by the largest dilation gives every smaller
+dilation's neighbours too. The fixed kernels are still registered as buffers, because the original's checkpoints
+hold them (``_aff.aff_x.kernel`` ...); a file whose kernels differ is rejected once, at loading, instead of the
+original's assertion at every call.
 """
 from __future__ import annotations
 
@@ -15,15 +20,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# neighbour positions (a, b) of the 3x3 kernel, in the original's order; (1, 1) is the centre
+from utils.errors import UserError
+
+# kernel positions (a, b) of the 8 neighbours, in the original's order; (1, 1) is the centre
 NEIGHBOURS = ((0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2))
+# the 9 positions of the std kernel, row-major, centre included
 STD_POSITIONS = tuple((a, b) for a in range(3) for b in range(3))
-STD_TEMPERATURE = 0.1  # affinities are scaled by 0.1 * local std
-EPS = 1e-8
+STD_TEMPERATURE = 0.1  # image differences are measured in units of 0.1 x local std
+STD_EPS = 1e-8  # keeps the division finite where the image is flat
+DEFAULT_DILATIONS = (1, 2, 4, 8, 12, 24)
+DEFAULT_ITERS = 10
 
 
-def _kernel(positions, difference: bool = False) -> torch.Tensor:
-    """[n,1,3,3]: +1 at each position; with ``difference``, +1 at the centre and -1 at the position."""
+def local_kernel(positions: tuple[tuple[int, int], ...], difference: bool = False) -> torch.Tensor:
+    """The original's fixed kernels [n, 1, 3, 3]: +1 at each position, or with ``difference`` +1 at the centre
+    and -1 at the position (value minus neighbour)."""
     k = torch.zeros(len(positions), 1, 3, 3)
     for i, (a, b) in enumerate(positions):
         k[i, 0, a, b] = -1.0 if difference else 1.0
@@ -32,76 +43,107 @@ def _kernel(positions, difference: bool = False) -> torch.Tensor:
     return k
 
 
+def neighbour_offsets(dilations: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(dy, dx) of the 8 * len(dilations) neighbours, dilation-major as the original concatenates them."""
+    return [((a - 1) * d, (b - 1) * d) for d in dilations for a, b in NEIGHBOURS]
+
+
+def _shift(padded: torch.Tensor, pad: int, dy: int, dx: int, h: int, w: int) -> torch.Tensor:
+    """View [..., h, w] of a tensor padded by ``pad``: the value at (y + dy, x + dx) for every (y, x)."""
+    return padded[..., pad + dy: pad + dy + h, pad + dx: pad + dx + w]
+
+
+def pamr_affinity(image: torch.Tensor, dilations: tuple[int, ...] = DEFAULT_DILATIONS) -> torch.Tensor:
+    """Affinities alpha [B, 8*len(D), H, W] (a softmax over the neighbour axis) of the image [B, K, H, W]."""
+    b, k, h, w = image.shape
+    pad = max(dilations)
+    padded = F.pad(image, (pad, pad, pad, pad), mode="replicate")  # [B,K,H+2p,W+2p]
+    # sigma_k(i): unbiased std of the 9 kernel positions at every dilation (54 values), two passes for accuracy
+    gathered = [_shift(padded, pad, (a - 1) * d, (c - 1) * d, h, w) for d in dilations for a, c in STD_POSITIONS]
+    mean = torch.zeros_like(image)
+    for v in gathered:
+        mean += v
+    mean /= len(gathered)
+    var = torch.zeros_like(image)
+    for v in gathered:
+        dev = v - mean
+        var.addcmul_(dev, dev)
+    sigma = (var / (len(gathered) - 1)).sqrt_()  # [B,K,H,W]
+    denom = STD_EPS + STD_TEMPERATURE * sigma
+    logits = torch.stack([-((image - _shift(padded, pad, dy, dx, h, w)).abs_() / denom).mean(1)
+                          for dy, dx in neighbour_offsets(dilations)], dim=1)  # [B,48,H,W]
+    return torch.softmax(logits, dim=1)
+
+
+def pamr_propagate(mask: torch.Tensor, alpha: torch.Tensor, dilations: tuple[int, ...] = DEFAULT_DILATIONS,
+                   iters: int = DEFAULT_ITERS, chunk: int | None = None) -> torch.Tensor:
+    """``iters`` times M_c(i) <- sum_n alpha_n(i) M_c(nb_n(i)): mask [B, C, H, W], alpha [B, 8*len(D), H, W] ->
+    [B, C, H, W].
+
+    ``chunk`` images are refined at a time (default: the thread count on CPU, so that every thread works on about
+    one image and the operands stay in its cache; the whole batch on accelerators, where fewer launches count).
+    """
+    b, c, h, w = mask.shape
+    offsets = neighbour_offsets(dilations)
+    pad = max(dilations)
+    if chunk is None:
+        chunk = max(1, torch.get_num_threads()) if mask.device.type == "cpu" else b
+    outs = []
+    for start in range(0, b, chunk):
+        m = mask[start:start + chunk]  # [b',C,H,W]
+        a = alpha[start:start + chunk].unsqueeze(2)  # [b',48,1,H,W]
+        for _ in range(iters):
+            padded = F.pad(m, (pad, pad, pad, pad), mode="replicate")  # [b',C,H+2p,W+2p]
+            out = torch.zeros_like(m)
+            for n, (dy, dx) in enumerate(offsets):
+                out.addcmul_(a[:, n], _shift(padded, pad, dy, dx, h, w))
+            m = out
+        outs.append(m)
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def pamr(image: torch.Tensor, mask: torch.Tensor, dilations: tuple[int, ...] = DEFAULT_DILATIONS,
+         iters: int = DEFAULT_ITERS) -> torch.Tensor:
+    """Refine mask [B, C, h, w] with the image [B, K, H, W] -> [B, C, H, W], in float32 whatever the autocast
+    state (the affinities divide by small standard deviations). The mask is first resized to the image
+    (bilinear, align_corners=True), as the original."""
+    with torch.autocast(device_type=image.device.type, enabled=False):
+        image, mask = image.float(), mask.float()
+        if mask.shape[-2:] != image.shape[-2:]:
+            mask = F.interpolate(mask, size=image.shape[-2:], mode="bilinear", align_corners=True)
+        return pamr_propagate(mask, pamr_affinity(image, dilations), dilations, iters)
+
+
 class _LocalKernel(nn.Module):
-    """Holds one fixed kernel as the buffer ``kernel`` (the original's module layout, for checkpoint keys)."""
+    """One fixed kernel in the buffer ``kernel``: the original's module layout, kept for the checkpoint keys."""
 
     def __init__(self, kernel: torch.Tensor):
         super().__init__()
         self.register_buffer("kernel", kernel)
 
 
-def _shifted(xp: torch.Tensor, d: int, a: int, b: int, h: int, w: int) -> torch.Tensor:
-    """View of the replicate-padded ``xp`` (pad d) at offset ((a-1)d, (b-1)d): [..., h, w]."""
-    return xp[..., a * d: a * d + h, b * d: b * d + w]
-
-
-def pamr_affinity(image: torch.Tensor, dilations: tuple[int, ...]) -> torch.Tensor:
-    """Affinities alpha [B, 8*len(D), H, W] (softmax over neighbours) from the image [B, 3, H, W]."""
-    b, k, h, w = image.shape
-    # local std over the 9 positions of every dilation (54 values, unbiased)
-    s1 = image.new_zeros(b, k, h, w)
-    s2 = image.new_zeros(b, k, h, w)
-    padded = []
-    for d in dilations:
-        xp = F.pad(image, (d, d, d, d), mode="replicate")  # [B,3,H+2d,W+2d]
-        padded.append(xp)
-        for a, c in STD_POSITIONS:
-            v = _shifted(xp, d, a, c, h, w)
-            s1 += v
-            s2 += v * v
-    n = 9 * len(dilations)
-    var = (s2 - s1 * s1 / n) / (n - 1)
-    std = var.clamp_min(0).sqrt()  # [B,3,H,W]
-    scale = 1.0 / (EPS + STD_TEMPERATURE * std)
-    aff = []
-    for d, xp in zip(dilations, padded):
-        for a, c in NEIGHBOURS:
-            diff = (image - _shifted(xp, d, a, c, h, w)).abs_()
-            aff.append(-(diff * scale).mean(1))  # [B,H,W]
-    return torch.softmax(torch.stack(aff, 1), dim=1)  # [B,48,H,W]
-
-
-def pamr_propagate(mask: torch.Tensor, alpha: torch.Tensor, dilations: tuple[int, ...], iters: int) -> torch.Tensor:
-    """T iterations of M_c(i) <- sum_n alpha_n(i) M_c(nb_n(i)); mask [B, C, H, W], alpha [B, 8*len(D), H, W]."""
-    b, c, h, w = mask.shape
-    alphas = alpha.unsqueeze(2)  # [B,48,1,H,W]
-    for _ in range(iters):
-        out = torch.zeros_like(mask)
-        n = 0
-        for d in dilations:
-            mp = F.pad(mask, (d, d, d, d), mode="replicate")  # [B,C,H+2d,W+2d]
-            for a, cc in NEIGHBOURS:
-                out.addcmul_(alphas[:, n], _shifted(mp, d, a, cc, h, w))
-                n += 1
-        mask = out
-    return mask
-
-
 class PAMR(nn.Module):
-    """mask [B, C, h, w], image [B, 3, H, W] -> refined mask [B, C, H, W] (mask resized to the image, AC=True)."""
+    """``PAMR(num_iter, dilations)(image [B,K,H,W], mask [B,C,h,w]) -> refined mask [B,C,H,W]`` (see ``pamr``)."""
 
-    def __init__(self, num_iter: int = 10, dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)):
+    def __init__(self, num_iter: int = DEFAULT_ITERS, dilations: tuple[int, ...] = DEFAULT_DILATIONS):
         super().__init__()
         self.num_iter = int(num_iter)
         self.dilations = tuple(int(d) for d in dilations)
-        self.aff_x = _LocalKernel(_kernel(NEIGHBOURS, difference=True))
-        self.aff_m = _LocalKernel(_kernel(NEIGHBOURS))
-        self.aff_std = _LocalKernel(_kernel(STD_POSITIONS))
+        self.aff_x = _LocalKernel(local_kernel(NEIGHBOURS, difference=True))
+        self.aff_m = _LocalKernel(local_kernel(NEIGHBOURS))
+        self.aff_std = _LocalKernel(local_kernel(STD_POSITIONS))
+        self.register_load_state_dict_post_hook(_check_kernels)
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=image.device.type, enabled=False):
-            image, mask = image.float(), mask.float()
-            if mask.shape[-2:] != image.shape[-2:]:
-                mask = F.interpolate(mask, size=image.shape[-2:], mode="bilinear", align_corners=True)
-            alpha = pamr_affinity(image, self.dilations)
-            return pamr_propagate(mask, alpha, self.dilations, self.num_iter)
+        return pamr(image, mask, self.dilations, self.num_iter)
+
+
+def _check_kernels(module: PAMR, incompatible_keys) -> None:
+    """After loading a state dict: the kernels must still be the fixed ones, which ``forward`` assumes."""
+    expected = {"aff_x": local_kernel(NEIGHBOURS, difference=True), "aff_m": local_kernel(NEIGHBOURS),
+                "aff_std": local_kernel(STD_POSITIONS)}
+    for name, kernel in expected.items():
+        loaded = getattr(module, name).kernel
+        if not torch.equal(loaded.cpu(), kernel.to(loaded.dtype)):
+            raise UserError(f"the loaded PAMR kernel {name}.kernel differs from the fixed kernel of SPEC 5.8; "
+                            "the file is not a snapshot of this model")
