@@ -17,13 +17,15 @@ class UserError(Exception):
 
 
 def user_error_lines(e: BaseException) -> list[str]:
-    """The message lines of a UserError, also when a DataLoader worker re-raised it with its traceback."""
+    """The distinct message lines of a UserError, also when a DataLoader worker re-raised it with its traceback."""
     text = str(e)
     if "Original Traceback" in text:
         # torch re-raises worker exceptions as "Caught UserError in DataLoader worker ... Traceback ...";
         # the worker's own message is what follows the last "UserError: "
         text = text.rsplit("UserError: ", 1)[-1]
-    return [line for line in text.splitlines() if line.strip()] or ["unknown error"]
+    lines = [line for line in text.splitlines() if line.strip()]
+    # several checks can meet the same problem (e.g. one missing data root behind three lists): say it once
+    return list(dict.fromkeys(lines)) or ["unknown error"]
 
 
 def run_main(main: Callable[[], int | None]) -> None:
