@@ -16,6 +16,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
 from datasets.voc import MEAN, STD
+from utils.errors import UserError
 
 # the original's augmentation constants (SPEC 3.5)
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # torchvision's default aspect-ratio range
@@ -104,8 +105,25 @@ def val_transform(crop_size: int) -> PairCompose:
     return PairCompose([ResizePair(crop_size)])
 
 
+def dataset_cfg_problems(dataset_cfg) -> list[str]:
+    """Values of CROP_SIZE, SCALE_FROM, SCALE_TO that make no crop, one line each (PIL and torch would only fail on
+    the first image, without naming the key)."""
+    problems = []
+    if dataset_cfg.CROP_SIZE < 1:
+        problems.append(f"config key DATASET.CROP_SIZE is {dataset_cfg.CROP_SIZE}; give the side of the square "
+                        "training crop in pixels (the original's 321 or 448)")
+    if not 0 < dataset_cfg.SCALE_FROM <= dataset_cfg.SCALE_TO:
+        problems.append(f"config keys DATASET.SCALE_FROM {dataset_cfg.SCALE_FROM} and DATASET.SCALE_TO "
+                        f"{dataset_cfg.SCALE_TO} are not a range of crop areas; use 0 < SCALE_FROM <= SCALE_TO "
+                        "(the original's 0.9 and 1.0)")
+    return problems
+
+
 def build_transform(dataset_cfg, augment: bool) -> PairCompose:
-    """The transform for ``cfg.DATASET`` (CROP_SIZE, SCALE_FROM, SCALE_TO)."""
+    """The transform for ``cfg.DATASET`` (CROP_SIZE, SCALE_FROM, SCALE_TO); UserError naming a bad key."""
+    problems = dataset_cfg_problems(dataset_cfg)
+    if problems:
+        raise UserError("\n".join(problems))
     if augment:
         return train_transform(dataset_cfg.CROP_SIZE, (dataset_cfg.SCALE_FROM, dataset_cfg.SCALE_TO))
     return val_transform(dataset_cfg.CROP_SIZE)
