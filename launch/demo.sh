@@ -8,7 +8,8 @@
 #   --clean   start over (removes the demo's data, snapshots, logs and results)
 # Every stage reuses what an earlier run left (data, snapshots, masks), so a second run is quick.
 # Environment knobs (the test uses them for a shortened run): DEMO_DATA, DEMO_OUT, DEMO_EXP, DEMO_SEED,
-# DEMO_TRAIN, DEMO_VAL, DEMO_TEST, DEMO_SIZE, DEMO_EPOCHS, DEMO_ITERS, DEMO_WORKERS, DEMO_SETS (extra --set pairs).
+# DEMO_TRAIN, DEMO_VAL, DEMO_TEST, DEMO_SIZE, DEMO_DIFFICULTY (easy), DEMO_EPOCHS, DEMO_ITERS, DEMO_WORKERS,
+# DEMO_SETS (extra --set pairs for every stage), DEMO_SNAPSHOT_DIR, DEMO_LOGDIR.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -17,7 +18,7 @@ CLEAN=0
 for a in "$@"; do
   case "$a" in
     --clean) CLEAN=1 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "error: unknown argument $a (use --clean or --help)" >&2; exit 2 ;;
   esac
 done
@@ -36,6 +37,8 @@ EXP="${DEMO_EXP:-demo}"
 SEED="${DEMO_SEED:-0}"
 WORKERS="${DEMO_WORKERS:-2}"
 DS=pascal_voc
+SNAP_BASE="${DEMO_SNAPSHOT_DIR:-snapshots}"
+LOG_BASE="${DEMO_LOGDIR:-logs}"
 SETS=(DATASET.ROOT "$DATA" TEST.DATA_ROOT "$DATA")
 [ -n "${DEMO_EPOCHS:-}" ] && SETS+=(TRAIN.NUM_EPOCHS "$DEMO_EPOCHS")
 [ -n "${DEMO_ITERS:-}" ] && SETS+=(TRAIN.MAX_ITERS "$DEMO_ITERS")
@@ -43,13 +46,13 @@ SETS=(DATASET.ROOT "$DATA" TEST.DATA_ROOT "$DATA")
 [ -n "${DEMO_SETS:-}" ] && SETS+=(${DEMO_SETS})
 
 if [ "$CLEAN" = 1 ]; then
-  echo "[demo] --clean: removing $DATA, $OUT, snapshots/$DS/$EXP, logs/$DS/$EXP"
-  rm -rf "$DATA" "$OUT" "snapshots/$DS/$EXP" "logs/$DS/$EXP"
+  echo "[demo] --clean: removing $DATA, $OUT, $SNAP_BASE/$DS/$EXP, $LOG_BASE/$DS/$EXP"
+  rm -rf "$DATA" "$OUT" "$SNAP_BASE/$DS/$EXP" "$LOG_BASE/$DS/$EXP"
 fi
 mkdir -p "$OUT"
 
 stage "synthetic dataset ($DATA)"
-GEN=(--out "$DATA" --seed "$SEED")
+GEN=(--out "$DATA" --seed "$SEED" --difficulty "${DEMO_DIFFICULTY:-easy}" --workers "$WORKERS")
 [ -n "${DEMO_TRAIN:-}" ] && GEN+=(--num-train "$DEMO_TRAIN")
 [ -n "${DEMO_VAL:-}" ] && GEN+=(--num-val "$DEMO_VAL")
 [ -n "${DEMO_TEST:-}" ] && GEN+=(--num-test "$DEMO_TEST")
@@ -75,13 +78,14 @@ PY
 }
 
 train() {  # train <run> <config>
-  local run="$1" cfg="$2" snap="snapshots/$DS/$EXP/$1"
+  local run="$1" cfg="$2" snap="$SNAP_BASE/$DS/$EXP/$1"
   stage "train $run ($cfg)"
   if [ -f "$OUT/$run.done" ] && [ -n "$(best_suffix "$snap")" ]; then
     echo "[demo] reusing $snap"
   else
-    rm -rf "$snap" "logs/$DS/$EXP/$run"
+    rm -rf "$snap" "$LOG_BASE/$DS/$EXP/$run"
     python train.py --dataset "$DS" --cfg "$cfg" --exp "$EXP" --run "$run" --workers "$WORKERS" \
+      --snapshot-dir "$SNAP_BASE" --logdir "$LOG_BASE" \
       --random-seed "$SEED" --set "${SETS[@]}"
     touch "$OUT/$run.done"
   fi
@@ -95,7 +99,7 @@ infer() {  # infer <run> <config> <list> <out> [extra args]
     echo "[demo] reusing $dst"
   else
     python infer_val.py --dataset "$DS" --cfg "$cfg" --exp "$EXP" --run "$run" \
-      --resume "$(best_suffix "snapshots/$DS/$EXP/$run")" --infer-list "$list" --mask-output-dir "$dst" \
+      --snapshot-dir "$SNAP_BASE" --logdir "$LOG_BASE" --resume "$(best_suffix "$SNAP_BASE/$DS/$EXP/$run")" --infer-list "$list" --mask-output-dir "$dst" \
       --workers "$WORKERS" "$@" --set "${SETS[@]}"
     python eval_seg.py --data "$DATA" --filelist "$list" --masks "$dst" --log-scores "$dst.scores.log" > "$dst.eval"
     [ -d "$dst/crf" ] && python eval_seg.py --data "$DATA" --filelist "$list" --masks "$dst/crf" --log-scores "$dst/crf.scores.log" > "$dst/crf.eval"
@@ -111,7 +115,7 @@ pseudo() {  # pseudo <run> <config> <list> <out>
     echo "[demo] reusing $dst"
   else
     python tools/eval_pseudo.py --cfg "$cfg" --set "${SETS[@]}" \
-      --snapshot "snapshots/$DS/$EXP/$run/model_enc_$(best_suffix "snapshots/$DS/$EXP/$run").pth" \
+      --snapshot "$SNAP_BASE/$DS/$EXP/$run/model_enc_$(best_suffix "$SNAP_BASE/$DS/$EXP/$run").pth" \
       --root "$DATA" --list "$list" --out "$dst"
   fi
   done_stage

@@ -172,7 +172,10 @@ def main(argv: list[str] | None = None) -> None:
 <html><head><meta charset="utf-8"><title>Single-stage WSSS demo report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #bbb;padding:4px 10px;text-align:right}} td:first-child,th:first-child{{text-align:left}}
-img{{max-width:100%;border:1px solid #ddd}}</style></head><body>
+img{{max-width:100%;border:1px solid #ddd}}</style>
+<script>/* for automated checks: the number of images that loaded */
+window.addEventListener("load", () => {{ document.body.dataset.imagesLoaded =
+  [...document.images].filter(i => i.complete && i.naturalWidth > 0).length; }});</script></head><body>
 <h1>Single-stage semantic segmentation from image labels: demo report</h1>
 <p>Synthetic dataset <code>{html.escape(args.data)}</code>; every network was trained from scratch on CPU with the image-level
 labels only, except the fully supervised bound, which saw the GT masks. Seed {args.seed};

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     for img_path, mask_path in tqdm(items, desc="pseudo labels", file=sys.stderr, mininterval=2):
         name = os.path.splitext(os.path.basename(img_path))[0]
         try:
-            img = np.asarray(Image.open(img_path).convert("RGB"))
+            img = np.array(Image.open(img_path).convert("RGB"))
             gt = np.asarray(Image.open(mask_path))
         except OSError as e:
             raise UserError(f"cannot read {img_path} or {mask_path}: {e}; run tools/check_data.py on the list") from None
