@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-masks", action="store_true", help="the list has image paths only (like test.txt)")
     p.add_argument("--limit", type=int, default=20, help="stop after this many problems")
     args = p.parse_args(argv)
+    if args.limit < 1:
+        raise UserError(f"--limit {args.limit} must be at least 1 (the number of problems reported before stopping)")
     problems = check_file_list(args.list, args.root, need_masks=not args.no_masks, limit=args.limit)
     if problems:
         raise UserError("\n".join(problems))
