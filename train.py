@@ -300,7 +300,7 @@ class Trainer:
     """State and phases of one run: validation, a training epoch, snapshots, logs."""
 
     def __init__(self, args, cfg: AttrDict, ctx: DistContext, model: nn.Module, optimizer: torch.optim.Optimizer):
-        from tensorboardX import SummaryWriter
+        from utils.visualize import EventWriter
 
         self.args, self.cfg, self.ctx = args, cfg, ctx
         self.model, self.optimizer = model, optimizer
@@ -310,7 +310,7 @@ class Trainer:
         self.best_score = INITIAL_BEST
         self.stop = StopRequest()
         self.checkpoints = Checkpointer(args.snapshot_dir, model, optimizer)
-        self.writers = ({k: SummaryWriter(os.path.join(args.logdir, k)) for k in ("train", "val")}
+        self.writers = ({k: EventWriter(os.path.join(args.logdir, k)) for k in ("train", "val")}
                         if ctx.is_main else {})
         self.tty = sys.stdout.isatty()
         self.net = wrap_model(model, ctx)
@@ -505,7 +505,6 @@ class Trainer:
         with torch.no_grad():
             _, _, out = forward_losses(self.eval_net, self.criterion, image, labels, epoch, self.cfg)
         self.writers["train"].add_image("visualisation", visualisation_grid(image, labels, out), epoch)
-        self.writers["train"].flush()
 
     def check_stop(self, epoch: int, phase: str, iteration: int) -> None:
         """Between phases: stop if any process got a signal."""
