@@ -111,6 +111,7 @@ def main() -> None:
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "infer.json"), help="JSON result")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    infer_val.configure_backends()  # both paths in float32 as infer_val.py runs (no TF32 on GPUs)
     device = torch.device(args.device)
 
     cfg = get_cfg_defaults()
