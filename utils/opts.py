@@ -16,7 +16,9 @@ def get_arg_parser(description: str = "Model Evaluation") -> argparse.ArgumentPa
     p.add_argument("--exp", type=str, default="main", help="experiment id (groups runs)")
     p.add_argument("--resume", type=str, default=None,
                    help="snapshot suffix to load, e.g. e020Xs0.928 (train.py also accepts 'last')")
-    p.add_argument("--run", type=str, default=None, help="run id; used in directory names")
+    # --run-id: the spelling to use after torchrun, whose own parser rejects --run as ambiguous (--run-path)
+    p.add_argument("--run", "--run-id", dest="run", type=str, default=None,
+                   help="run id; used in directory names (write --run-id under torchrun)")
     p.add_argument("--workers", type=int, default=8,
                    help="DataLoader workers, torch threads and size of the CRF/writer process pool")
     p.add_argument("--snapshot-dir", type=str, default="./snapshots", help="base directory of snapshots")
