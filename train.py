@@ -1,7 +1,8 @@
 """Training (SPEC 7): the original's epoch loop, validation cadence, checkpoint score, snapshots and logs.
 
     python train.py --dataset pascal_voc --cfg configs/voc_resnet38.yaml --exp v01 --run r01
-    torchrun --nproc_per_node=4 train.py --dataset pascal_voc --cfg configs/voc_resnet38.yaml --exp v01 --run r01
+    torchrun --nproc_per_node=4 train.py --dataset pascal_voc --cfg configs/voc_resnet38.yaml --exp v01 --run-id r01
+    (--run-id is --run; torchrun's own parser rejects --run as an ambiguous abbreviation of its --run-path)
 
 Behaviour kept from the original: epochs start..NUM_EPOCHS inclusive; every VAL_EVERY (2) epochs, before that
 epoch's training, validation on train_voc (train writer, no checkpoint) and on val (val writer, checkpoint); the

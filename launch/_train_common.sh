@@ -43,7 +43,8 @@ for tok in "${EXTRA[@]}"; do
   fi
 done
 
-CMD=("${RUNNER[@]}" train.py --dataset "$DS" --cfg "$CONFIG" --exp "$EXP" --run "$RUN_ID"
+# --run-id is train.py's --run under a name torchrun's parser does not take for an abbreviation of its --run-path
+CMD=("${RUNNER[@]}" train.py --dataset "$DS" --cfg "$CONFIG" --exp "$EXP" --run-id "$RUN_ID"
      --logdir "$LOGDIR" --snapshot-dir "$SNAPSHOT_DIR" "${OTHER[@]}")
 [ "${#SETS[@]}" -gt 0 ] && CMD+=(--set "${SETS[@]}")
 

@@ -91,6 +91,7 @@ def test_baseline_through_the_launch_script(synthetic_root, tmp_path):
                        capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     # the baseline's pairs come first, the user's after them (NET.MODEL ae from the user's list wins over bsl)
+    assert "--run-id bsl" in r.stdout.splitlines()[0]
     assert "--set NET.MODEL bsl TRAIN.NUM_EPOCHS 6 NET.BACKBONE resnet18" in r.stdout.splitlines()[0]
     log = tmp_path / "logs" / "pascal_voc" / "t" / "bsl.log"
     assert log.is_file() and "Epoch >>> 2" in log.read_text()
