@@ -18,9 +18,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from datasets.transforms import build_transform, dataset_cfg_problems
 from tests.helpers import (CONFIG, EXIT_USER_ERROR, SNAPSHOT_SUFFIX, TINY_INFER_SET, TINY_TRAIN_SET, copy_tree,
                            describe, files_under, link_or_copy, run_script, save_model_snapshot, stderr_lines,
                            truncate)
+from utils.config import get_cfg_defaults
+from utils.errors import UserError
 
 VAL_LIST = "val_voc.txt"
 TRAIN_LIST = "train_augvoc.txt"
@@ -73,6 +76,9 @@ class World:
         """A directory path below a regular file: nobody, root included, can create it."""
         plain = self.write("plain_file.txt", "a file, not a directory\n")
         return os.path.join(plain, rel)
+
+    def snapshot_source(self, kind: str) -> str:
+        return self._snapshots[kind]
 
     def snapshot(self, kind: str = "resnet18_ae") -> str:
         """Put a model snapshot where --resume SNAPSHOT_SUFFIX of run r1 finds it."""
@@ -185,6 +191,11 @@ def _(w: World) -> Run:
     with Image.open(image) as im:
         im.resize((im.width + 3, im.height)).save(image)
     return Run(["--root", w.data, "--list", os.path.join(w.data, VAL_LIST)], (image, "same size"))
+
+
+@case(CHECK, "check_data-limit-below-1")
+def _(w: World) -> Run:
+    return Run(["--root", w.data, "--list", os.path.join(w.data, VAL_LIST), "--limit", "0"], ("--limit 0",))
 
 
 # ------------------------------------------------------------------------- make_filelists, convert_sbd, make_synthetic
@@ -387,6 +398,16 @@ def _(w: World) -> Run:
     return Run(args, (logdir, "--logdir"))
 
 
+@case(TRAIN, "train-unknown-loss")
+def _(w: World) -> Run:
+    return Run(w.train_args(sets=("NET.LOSS", "Focal")), ("NET.LOSS", "Focal", "SoftMargin"))
+
+
+@case(TRAIN, "train-crop-area-range-inverted")
+def _(w: World) -> Run:
+    return Run(w.train_args(sets=("DATASET.SCALE_FROM", "1.5")), ("DATASET.SCALE_FROM", "1.5"))
+
+
 # ------------------------------------------------------------------------------------------------------ infer_val.py
 
 INFER = "infer_val.py"
@@ -406,6 +427,17 @@ def _(w: World) -> Run:
 def _(w: World) -> Run:
     path = w.snapshot("vgg16_bsl")
     return Run(w.infer_args(), (path, "vgg16", "NET.BACKBONE"))
+
+
+@case(INFER, "infer-truncated-snapshot")
+def _(w: World) -> Run:
+    path = w.path("snapshots", "pascal_voc", "main", "r1", f"model_enc_{SNAPSHOT_SUFFIX}.pth")
+    os.makedirs(os.path.dirname(path))
+    with open(w.snapshot_source("resnet18_ae"), "rb") as f:
+        head = f.read(1 << 20)
+    with open(path, "wb") as f:
+        f.write(head)  # the first megabyte of a real snapshot, as after an interrupted copy
+    return Run(w.infer_args(), (path, "cannot be read"))
 
 
 @case(INFER, "infer-batch-size-does-not-match-scales")
@@ -486,6 +518,16 @@ def outcomes(request, tmp_path_factory, synthetic_root, snapshots) -> Iterator[d
             tmp = str(tmp_path_factory.mktemp(bad.id))
             futures[bad.id] = pool.submit(_attempt, bad, World(tmp, synthetic_root, snapshots), (tmp, synthetic_root))
         yield futures
+
+
+def test_crop_settings_that_make_no_crop_name_their_keys():
+    cfg = get_cfg_defaults()
+    assert dataset_cfg_problems(cfg.DATASET) == []
+    cfg.DATASET.CROP_SIZE, cfg.DATASET.SCALE_FROM = 0, 0.0
+    problems = dataset_cfg_problems(cfg.DATASET)
+    assert len(problems) == 2 and "DATASET.CROP_SIZE is 0" in problems[0] and "DATASET.SCALE_FROM 0.0" in problems[1]
+    with pytest.raises(UserError, match="DATASET.CROP_SIZE"):
+        build_transform(cfg.DATASET, augment=False)
 
 
 def test_at_least_25_distinct_cases_over_every_entry_point():
