@@ -7,13 +7,13 @@ Measures, at the size of a VOC image (500x375, 21 classes, the original's CRF pa
   * the CRF alone (utils.dcrf.dense_crf), seconds per image, in this process;
   * a whole writer job (argmax, CRF, the three PNGs) inline, seconds per image;
   * the pool of --workers processes (utils.inference_tools.WriterPool, as infer_val.py runs it): images/s.
-The pool keeps up when its images/s is at least the network's; the network's figure is taken from
-bench/results/infer.json (bench/infer.py, same machine) when it is there, scaled to the original's canvas.
+The pool keeps up when its images/s is at least the network's: infer_val.py's network path (a light ResNet-18
+model, 4 scales + flip) is timed here at a quarter of the original's canvas side and scaled by the area to the
+original's PAD 1024 (bench/infer.py --full measures that shape directly; on a GPU compare with its figure).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -29,12 +29,14 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
 
+import infer_val  # noqa: E402
+from bench.infer import FULL, REDUCED, bench_model, bench_test_cfg, make_images, run_ours  # noqa: E402
 from utils.dcrf import CRFParams, dense_crf  # noqa: E402
 from utils.fileio import write_json  # noqa: E402
 from utils.inference_tools import WriterOptions, WriterPool, crf_image, image_01, write_outputs  # noqa: E402
 
 W, H, C = 500, 375, 21
-CANVAS_WORK_FULL_OVER_REDUCED = 16  # bench/infer.py's reduced setting has 1/16 of the original's canvas area
+NETWORK_IMAGES = 2  # images timed through the network for the comparison
 
 
 def make_inputs(num: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -54,18 +56,20 @@ def make_inputs(num: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def network_rate() -> dict | None:
-    """The inference path's images/s from bench/results/infer.json, if bench/infer.py ran on this machine."""
-    path = os.path.join(ROOT, "bench", "results", "infer.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        figures = json.load(f)["figures"]
-    if "full" in figures:
-        return {"images_per_s": figures["full"]["ours_images_per_s"], "source": "bench/infer.py, full size"}
-    reduced = figures["reduced"]["ours_images_per_s"]
-    return {"images_per_s": reduced / CANVAS_WORK_FULL_OVER_REDUCED,
-            "source": "bench/infer.py reduced size / 16 (the original's canvas has 16x the area)"}
+def network_rate(threads: int) -> dict:
+    """images/s of infer_val.py's network path on CPU, measured on two images at bench/infer.py's reduced size
+    (a quarter of the original's image and canvas side) and scaled by the canvas area to the original's shape."""
+    torch.set_num_threads(threads)
+    infer_val.configure_backends()
+    model = bench_model(torch.device("cpu"))
+    with tempfile.TemporaryDirectory(prefix="bench_crf_net_") as folder:
+        make_images(folder, NETWORK_IMAGES, REDUCED["size"])
+        elapsed, _ = run_ours(model, folder, bench_test_cfg(REDUCED["pad"]), 0, False, torch.device("cpu"))
+    torch.set_num_threads(1)
+    area = (FULL["pad"] / REDUCED["pad"]) ** 2
+    return {"images_per_s": NETWORK_IMAGES / elapsed / area, "threads": threads,
+            "source": f"ResNet-18 'ae', {NETWORK_IMAGES} images at {REDUCED['size'][0]}x{REDUCED['size'][1]} on a "
+                      f"{REDUCED['pad']} canvas, scaled by the canvas area ({area:.0f}x) to PAD {FULL['pad']}"}
 
 
 def main() -> None:
@@ -73,6 +77,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=8, help="images through the pool")
     p.add_argument("--workers", type=int, default=2, help="writer processes (infer_val.py's --workers)")
     p.add_argument("--repeats", type=int, default=3, help="timed CRF runs (the median is reported)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads of the network")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "crf.json"), help="JSON result")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -106,24 +111,21 @@ def main() -> None:
         pool_s = time.perf_counter() - t0
     pool_rate = args.images / pool_s
 
-    net = network_rate()
-    keeps_up = None if net is None else bool(pool_rate >= net["images_per_s"])
+    net = network_rate(args.threads)
+    keeps_up = bool(pool_rate >= net["images_per_s"])
     print(f"CRF benchmark: {W}x{H}, {C} classes, {params.iterations} iterations, pydensecrf")
     print(f"  dense CRF alone:            {crf_s:7.3f} s/image  (labels changed on {100 * changed:.1f}% of pixels)")
     print(f"  writer job inline:          {job_s:7.3f} s/image  (argmax, CRF, 3 PNGs)")
     print(f"  writer pool, {args.workers} processes:  {pool_rate:7.3f} images/s ({args.images} images in {pool_s:.2f} s)")
-    if net is None:
-        print("  network: no bench/results/infer.json; run bench/infer.py first to compare")
-    else:
-        print(f"  network (CPU, original's canvas): {net['images_per_s']:.4f} images/s ({net['source']}); "
-              f"the pool keeps up: {keeps_up} ({pool_rate / net['images_per_s']:.0f}x headroom)")
+    print(f"  network (CPU, {args.threads} threads): {net['images_per_s']:.4f} images/s ({net['source']})")
+    print(f"  the pool keeps up with the network: {keeps_up} ({pool_rate / net['images_per_s']:.0f}x its rate)")
     write_json(args.out, {
         "benchmark": "crf",
         "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpus": os.cpu_count(), "python": platform.python_version()},
         "torch_version": torch.__version__,
-        "threads": 1,
+        "threads": {"crf_and_writers": 1, "network": args.threads},
         "workers": args.workers,
         "image_size": [W, H],
         "figures": {"crf_s_per_image": round(crf_s, 4), "crf_runs_s": [round(t, 4) for t in crf_times],

@@ -60,6 +60,24 @@ def make_images(directory: str, num: int, size: tuple[int, int], seed: int = 0) 
     return paths
 
 
+def bench_model(device: torch.device) -> torch.nn.Module:
+    """The light "ae" model (ResNet-18 from scratch, seed 0), frozen, eval mode."""
+    cfg = get_cfg_defaults()
+    cfg.NET.MODEL, cfg.NET.BACKBONE, cfg.NET.FROM_SCRATCH = "ae", "resnet18", True
+    torch.manual_seed(0)
+    model = build_model(cfg.NET, num_classes=21).eval().to(device)
+    for q in model.parameters():
+        q.requires_grad_(False)
+    return model
+
+
+def bench_test_cfg(pad: int):
+    """TEST settings of the ResNet38 config (4 scales + flip) on a pad x pad canvas."""
+    t = get_cfg_defaults().TEST
+    t.SCALES, t.FLIP, t.BATCH_SIZE, t.PAD_SIZE = SCALES, True, 2 * len(SCALES), [pad, pad]
+    return t
+
+
 def run_baseline(model, paths: list[str], test_cfg) -> tuple[float, list[torch.Tensor]]:
     t0 = time.perf_counter()
     out = [infer_image(model, np.asarray(Image.open(p).convert("RGB")), test_cfg) for p in paths]
@@ -79,9 +97,7 @@ def run_ours(model, folder: str, test_cfg, workers: int, tight: bool, device) ->
 
 
 def bench_size(model, setting: dict, num: int, workers: int, device) -> dict:
-    cfg = get_cfg_defaults()
-    t = cfg.TEST
-    t.SCALES, t.FLIP, t.BATCH_SIZE, t.PAD_SIZE = SCALES, True, 2 * len(SCALES), [setting["pad"]] * 2
+    t = bench_test_cfg(setting["pad"])
     with tempfile.TemporaryDirectory(prefix="bench_infer_") as folder:
         paths = make_images(folder, num, setting["size"])
         infer_image(model, np.asarray(Image.open(paths[0])), t)  # warm-up: allocator, threads, first calls
@@ -114,13 +130,7 @@ def main() -> None:
     infer_val.configure_backends()  # both paths in float32 as infer_val.py runs (no TF32 on GPUs)
     device = torch.device(args.device)
 
-    cfg = get_cfg_defaults()
-    cfg.NET.MODEL, cfg.NET.BACKBONE, cfg.NET.FROM_SCRATCH = "ae", "resnet18", True
-    torch.manual_seed(0)
-    model = build_model(cfg.NET, num_classes=21).eval().to(device)
-    for q in model.parameters():
-        q.requires_grad_(False)
-
+    model = bench_model(device)
     results = {"reduced": bench_size(model, REDUCED, args.images, args.workers, device)}
     if args.full:
         results["full"] = bench_size(model, FULL, args.images if device.type == "cuda" else 1, args.workers, device)

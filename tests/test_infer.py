@@ -396,3 +396,18 @@ def test_torchrun_ranks_take_disjoint_parts_of_the_list(setup, synthetic_root, t
     assert [f for f in _files(out / "1") if "/" not in f] == ["val_000001.png", "val_000004.png"]
     assert [f for f in _files(out / "0") if "/" not in f] == ["val_000000.png", "val_000003.png"]
     assert capsys.readouterr().out.count("Inference done: 6 images") == 1  # rank 0 reports the total
+
+
+def test_image_corrupt_during_the_run_stops_or_is_skipped(setup, synthetic_root, tmp_path, recwarn):
+    import shutil
+
+    base, cfgs = setup
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    jpeg = root / "voc/VOCdevkit/VOC2012/JPEGImages/val_000002.jpg"
+    jpeg.write_bytes(jpeg.read_bytes()[: len(jpeg.read_bytes()) // 2])  # the header reads, the pixels do not
+    args = _args(base, cfgs["ae"], "ae", str(root / "val_voc.txt"), str(tmp_path / "o"), str(root), "--no-crf")
+    assert "val_000002.jpg (unreadable image: image file is truncated" in _error(args)
+    infer_val.main(args + ["TRAIN.ON_CORRUPT", "skip"])
+    assert [f for f in _files(tmp_path / "o") if "/" not in f] == [f"val_00000{i}.png" for i in (0, 1, 3, 4, 5)]
+    assert any("skipping" in str(w.message) and "val_000002.jpg" in str(w.message) for w in recwarn)
