@@ -378,6 +378,18 @@ def _(w: World) -> Run:
     return Run(w.train_args("--resume", "e010Xs0.900"), ("model_enc_e010Xs0.900.pth", "not found"))
 
 
+@case(TRAIN, "train-resume-last-without-snapshots")
+def _(w: World) -> Run:
+    return Run(w.train_args("--resume", "last"), ("--resume last", "no complete snapshot"))
+
+
+@case(TRAIN, "train-negative-workers")
+def _(w: World) -> Run:
+    args = w.train_args()
+    args[args.index("--workers") + 1] = "-1"
+    return Run(args, ("--workers -1",))
+
+
 @case(TRAIN, "train-corrupt-jpeg")
 def _(w: World) -> Run:
     image = w.listed(TRAIN_LIST, line=5)
