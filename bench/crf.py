@@ -116,7 +116,8 @@ def main() -> None:
     print(f"CRF benchmark: {W}x{H}, {C} classes, {params.iterations} iterations, pydensecrf")
     print(f"  dense CRF alone:            {crf_s:7.3f} s/image  (labels changed on {100 * changed:.1f}% of pixels)")
     print(f"  writer job inline:          {job_s:7.3f} s/image  (argmax, CRF, 3 PNGs)")
-    print(f"  writer pool, {args.workers} processes:  {pool_rate:7.3f} images/s ({args.images} images in {pool_s:.2f} s)")
+    print(f"  writer pool, {args.workers} processes:  {pool_rate:7.3f} images/s "
+          f"({args.images} images in {pool_s:.2f} s)")
     print(f"  network (CPU, {args.threads} threads): {net['images_per_s']:.4f} images/s ({net['source']})")
     print(f"  the pool keeps up with the network: {keeps_up} ({pool_rate / net['images_per_s']:.0f}x its rate)")
     write_json(args.out, {
