@@ -11,9 +11,9 @@ predictions) or a folder of images. Additions: --palette (VOC-coloured PNGs for 
 --save-probs (merged probabilities as float16 .npy, e.g. for pseudo labels), --no-crf, --tight-canvas (faster,
 not the original's numbers), --no-channels-last, --check (validate everything, run nothing).
 
-Under ``torchrun --standalone --nproc_per_node=N -- infer_val.py ...`` (the ``--`` keeps torchrun from reading
-``--run`` as its own ``--run-path``) rank r infers images r, r + N, ... of the list and writes their files; rank 0
-prints the summary.
+Under ``torchrun --standalone --nproc_per_node=N infer_val.py --run-id RUN ...`` (torchrun's parser takes ``--run``
+for its own ``--run-path``; ``--run-id`` is the same option, or put ``--`` before infer_val.py) rank r infers
+images r, r + N, ... of the list and writes their files; rank 0 prints the summary.
 """
 from __future__ import annotations
 
