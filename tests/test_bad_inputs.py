@@ -542,6 +542,15 @@ def test_crop_settings_that_make_no_crop_name_their_keys():
         build_transform(cfg.DATASET, augment=False)
 
 
+def test_the_unbroken_eval_inputs_score_100_on_the_classes_present(tmp_path, synthetic_root):
+    """The control of the eval cases: the same arguments without the breakage succeed."""
+    world = World(str(tmp_path), synthetic_root, {})
+    proc = run_script("eval_seg.py", *world.eval_args())
+    assert proc.returncode == 0, describe(proc)
+    assert "Over classes present in GT or prediction: mIoU: 100.00" in proc.stdout, proc.stdout
+    assert os.path.isfile(world.path("scores.log")) and os.path.isfile(os.path.join(world.path("pred"), "eval.json"))
+
+
 def test_at_least_25_distinct_cases_over_every_entry_point():
     assert len({c.id for c in CASES}) == len(CASES) >= 25
     assert {c.script for c in CASES} >= {"train.py", "infer_val.py", "eval_seg.py", "tools/check_data.py",
