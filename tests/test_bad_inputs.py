@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from datasets.transforms import build_transform, dataset_cfg_problems
@@ -376,6 +377,13 @@ def _(w: World) -> Run:
 @case(TRAIN, "train-resume-snapshot-missing")
 def _(w: World) -> Run:
     return Run(w.train_args("--resume", "e010Xs0.900"), ("model_enc_e010Xs0.900.pth", "not found"))
+
+
+@case(TRAIN, "train-resume-snapshot-of-another-backbone")
+def _(w: World) -> Run:
+    model = w.snapshot("vgg16_bsl")
+    torch.save({}, model.replace("model_enc_", "opt_enc_"))  # the optimiser file a resumable snapshot has
+    return Run(w.train_args("--resume", SNAPSHOT_SUFFIX), (model, "vgg16", "NET.BACKBONE"))
 
 
 @case(TRAIN, "train-resume-last-without-snapshots")
