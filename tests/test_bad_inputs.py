@@ -559,6 +559,16 @@ def test_the_unbroken_eval_inputs_score_100_on_the_classes_present(tmp_path, syn
     assert os.path.isfile(world.path("scores.log")) and os.path.isfile(os.path.join(world.path("pred"), "eval.json"))
 
 
+def test_without_pydensecrf_the_suggested_no_crf_passes_the_check(tmp_path, synthetic_root, snapshots):
+    """The control of the pydensecrf case: the fix its message names works with the same blocked import."""
+    world = World(str(tmp_path), synthetic_root, snapshots)
+    world.snapshot()
+    world.write("no_crf/pydensecrf/__init__.py", MODULE_NOT_FOUND)
+    proc = run_script("infer_val.py", *world.infer_args("--no-crf", "--check"),
+                      env={"PYTHONPATH": world.path("no_crf"), "PYTHONDONTWRITEBYTECODE": "1"})
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, describe(proc)
+
+
 def test_at_least_25_distinct_cases_over_every_entry_point():
     assert len({c.id for c in CASES}) == len(CASES) >= 25
     assert {c.script for c in CASES} >= {"train.py", "infer_val.py", "eval_seg.py", "tools/check_data.py",
