@@ -27,10 +27,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from datasets.pascal_voc import VOCSegmentation, collate_skip_none
-from datasets.voc import CLASS_NAMES, NUM_CLASSES, NUM_FG, denorm
+from datasets.voc import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, NUM_FG, denorm
 from losses import get_criterion
 from models import build_model
 from utils.checkpoints import Checkpointer, ResumePoint, best_suffix, interrupt_suffix, remove_stale_temporaries
@@ -100,6 +101,9 @@ def check_train_cfg(cfg: AttrDict) -> list[str]:
         problems.append(f"config key TRAIN.MAX_ITERS is {cfg.TRAIN.MAX_ITERS}; use 0 (whole epochs) or more")
     if cfg.TRAIN.BATCH_SIZE < 1:
         problems.append(f"config key TRAIN.BATCH_SIZE is {cfg.TRAIN.BATCH_SIZE}; it must be at least 1")
+    if cfg.TRAIN.FULLY_SUPERVISED and cfg.NET.MODEL != "ae":
+        problems.append("config key TRAIN.FULLY_SUPERVISED needs NET.MODEL ae (the segmentation head); "
+                        f"it is {cfg.NET.MODEL!r}")
     opt = getattr(torch.optim, cfg.NET.OPT, None)
     if not (isinstance(opt, type) and issubclass(opt, torch.optim.Optimizer)):
         problems.append(f"config key NET.OPT is {cfg.NET.OPT!r}, not an optimiser of torch.optim; use SGD "
@@ -184,7 +188,7 @@ def build_optimizer(net_cfg: AttrDict, groups: list[dict]) -> torch.optim.Optimi
 def make_loader(cfg: AttrDict, split: str, ctx: DistContext, seed: int, workers: int,
                 augment: bool) -> tuple[DataLoader, EpochSampler]:
     """Loader of one split and its sampler (train: shuffled, drop_last; train_voc/val: in list order)."""
-    dataset = VOCSegmentation(cfg, split, augment=augment)
+    dataset = VOCSegmentation(cfg, split, augment=augment, with_mask=cfg.TRAIN.FULLY_SUPERVISED)
     batch = cfg.TRAIN.BATCH_SIZE
     train = split == "train"
     if train and len(dataset) < batch:
@@ -249,11 +253,14 @@ def restore_rng(state: dict[str, Any]) -> None:
 # one step (SPEC 7.3)
 
 def forward_losses(net: nn.Module, criterion: Callable, image: torch.Tensor, labels: torch.Tensor, epoch: int,
-                   cfg: AttrDict) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+                   cfg: AttrDict, gt_mask: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Forward a batch; (loss to minimise, logged values, model outputs).
 
     image [B,3,S,S] normalised, labels [B,20]. The mask loss joins from epoch TRAIN.PRETRAIN on (SPEC 5.12); it is
-    computed and logged before that too.
+    computed and logged before that too. With TRAIN.FULLY_SUPERVISED, ``gt_mask`` [B,S,S] (255 = ignore) replaces
+    the pseudo labels: plain cross-entropy of the upsampled logits from the first epoch (a reference, not the
+    paper's method).
     """
     image_raw = denorm(image)  # [B,3,S,S] RGB in [0,1]
     amp = AMP_DTYPES.get(cfg.TRAIN.AMP)
@@ -262,7 +269,11 @@ def forward_losses(net: nn.Module, criterion: Callable, image: torch.Tensor, lab
     loss_cls = criterion(out["cls"].float(), labels).mean()
     logs = {"loss_cls": loss_cls, "loss_fg": out["cls_fg"].float().mean()}
     loss = loss_cls
-    if "loss_mask" in out:
+    if gt_mask is not None:
+        logits = F.interpolate(out["logits"].float(), size=gt_mask.shape[-2:], mode="bilinear", align_corners=True)
+        logs["loss_mask"] = F.cross_entropy(logits, gt_mask, ignore_index=IGNORE_INDEX)
+        loss = loss + cfg.NET.MASK_LOSS_BCE * logs["loss_mask"]
+    elif "loss_mask" in out:
         logs["loss_mask"] = out["loss_mask"].float().mean()
         if epoch >= cfg.TRAIN.PRETRAIN:
             loss = loss + cfg.NET.MASK_LOSS_BCE * logs["loss_mask"]
@@ -272,13 +283,14 @@ def forward_losses(net: nn.Module, criterion: Callable, image: torch.Tensor, lab
 
 def train_iteration(net: nn.Module, criterion: Callable, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, image: torch.Tensor, labels: torch.Tensor, epoch: int,
-                    iteration: int, cfg: AttrDict, ctx: DistContext, stop: bool = False) -> tuple[dict[str, float], bool]:
+                    iteration: int, cfg: AttrDict, ctx: DistContext, stop: bool = False,
+                    gt_mask: torch.Tensor | None = None) -> tuple[dict[str, float], bool]:
     """One training step: forward, losses averaged over all processes, the NaN guard, backward, optimiser step.
 
     Returns the logged values (means over the global batch) and whether any process asked to stop. A non-finite
     loss stops the run before the step, so the weights stay the last finite ones.
     """
-    loss, logs, _ = forward_losses(net, criterion, image, labels, epoch, cfg)
+    loss, logs, _ = forward_losses(net, criterion, image, labels, epoch, cfg, gt_mask)
     keys = list(logs)
     values = torch.stack([v.detach().float() for v in logs.values()] + [torch.tensor(float(stop), device=loss.device)])
     values = all_reduce_sum(values, ctx).cpu()
@@ -331,6 +343,10 @@ class Trainer:
         image = image.to(self.ctx.device, non_blocking=True).contiguous(memory_format=fmt)
         return image, labels.to(self.ctx.device, non_blocking=True)
 
+    def _gt_mask(self, batch: tuple) -> torch.Tensor | None:
+        """The batch's GT masks [B,S,S] on the device in a fully supervised run, else None."""
+        return batch[3].to(self.ctx.device, non_blocking=True) if self.cfg.TRAIN.FULLY_SUPERVISED else None
+
     # --- snapshots ---
     def state(self, epoch: int, phase: str, iteration: int) -> dict[str, Any]:
         """What an exact resume needs besides model and optimiser (collective: every process contributes RNG)."""
@@ -381,7 +397,8 @@ class Trainer:
                 if batch is None:
                     continue
                 image, labels = self._to_device(batch[0], batch[1])
-                _, logs, out = forward_losses(self.eval_net, self.criterion, image, labels, epoch, self.cfg)
+                _, logs, out = forward_losses(self.eval_net, self.criterion, image, labels, epoch, self.cfg,
+                                              self._gt_mask(batch))
                 n = image.shape[0]
                 batches.append((b, {k: v.item() * n for k, v in logs.items()}, n))
                 scores.append(torch.sigmoid(out["cls"].float()).cpu())
@@ -461,7 +478,8 @@ class Trainer:
                     continue
                 image, labels = self._to_device(batch[0], batch[1])
                 means, stop = train_iteration(self.net, self.criterion, self.optimizer, self.scaler, image, labels,
-                                              epoch, i, cfg, ctx, stop=self.stop.signum is not None)
+                                              epoch, i, cfg, ctx, stop=self.stop.signum is not None,
+                                              gt_mask=self._gt_mask(batch))
                 # one process stops right after the iteration the signal arrived in; under torchrun all processes
                 # stop together, after the iteration whose reduced flag first shows it
                 stop = stop or (not ctx.distributed and self.stop.signum is not None)
