@@ -1,0 +1,234 @@
+"""Benchmark of one training step (forward, losses, backward, SGD step) per backbone, against the direct formulation.
+
+    python bench/train_step.py                      # CPU: every backbone at batch 2, crop 128; JSON in bench/results
+    python bench/train_step.py --full               # adds resnet38 at the original's crop 321 (batch 2)
+    python bench/train_step.py --backbones resnet38 --size 321 --batch 2 --channels-last
+    python bench/train_step.py --device cuda        # GPU: also resnet38 batch 16 at 321 with AMP (bf16, fp16)
+
+For each configuration the step of our model is timed next to the same model with the direct PAMR of SPEC 5.8
+(bench/baselines/pamr_spec.py: one conv2d per dilation gathering 48 shifted copies of the mask per iteration) and the
+ratio is reported. Also: images/s, peak memory per image (CPU: the rise of the peak resident set over the step;
+GPU: torch.cuda.max_memory_allocated), the step's FLOPs (torch.utils.flop_counter) and the fraction of the machine's
+measured fp32 matmul rate they achieve. Backbones are built from scratch (no ImageNet files needed); the step's cost
+does not depend on the weights. Both variants must give the same losses (float tolerance), which the bench checks.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+from bench.baselines.pamr_spec import PAMRSpec  # noqa: E402
+from datasets.voc import denorm  # noqa: E402
+from losses import get_criterion  # noqa: E402
+from models import build_model  # noqa: E402
+from utils.config import get_cfg_defaults  # noqa: E402
+from utils.fileio import write_json  # noqa: E402
+
+BACKBONES = ("resnet38", "vgg16", "resnet50", "resnet101", "resnet18")
+MATMUL_N = 2048
+TARGET_RATIO = 1.5  # issue 7: >= 1.5x the direct formulation's step (and never slower)
+GPU_MEMORY_LIMIT_GB = 24.0  # issue 7: resnet38, batch 16 at 321 with AMP fits one 24 GB card
+LOSS_RTOL = 1e-3
+
+
+def matmul_flops(device: torch.device, repeats: int = 5) -> float:
+    """The machine's fp32 matmul rate (FLOP/s): the best of a few 2048^3 products."""
+    a = torch.randn(MATMUL_N, MATMUL_N, device=device)
+    b = torch.randn(MATMUL_N, MATMUL_N, device=device)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        _sync(device)
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * MATMUL_N ** 3 / best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _reset_peak_rss() -> bool:
+    """Linux: writing 5 to clear_refs resets the peak resident set (VmHWM) to the current one."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def build(backbone: str, pamr: str, device: torch.device, channels_last: bool, seed: int = 0):
+    cfg = get_cfg_defaults()
+    cfg.NET.BACKBONE, cfg.NET.MODEL, cfg.NET.FROM_SCRATCH = backbone, "ae", True
+    torch.manual_seed(seed)
+    model = build_model(cfg.NET)
+    if pamr == "spec":
+        model._aff = PAMRSpec(cfg.NET.PAMR_ITER, tuple(cfg.NET.PAMR_KERNEL))
+    model.to(device).train()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameter_groups(cfg.NET.LR, cfg.NET.WEIGHT_DECAY), lr=cfg.NET.LR,
+                          momentum=cfg.NET.MOMENTUM, weight_decay=cfg.NET.WEIGHT_DECAY)
+    return model, opt
+
+
+def step(net, opt, criterion, image, labels, amp) -> float:
+    """One training step as train.py's (mask loss included, as after PRETRAIN); returns the loss."""
+    with torch.autocast(image.device.type, dtype=amp, enabled=amp is not None):
+        out = net(image, denorm(image), labels)
+    loss = criterion(out["cls"].float(), labels).mean() + out["loss_mask"].float().mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def measure(backbone: str, pamr: str, batch: int, size: int, steps: int, device: torch.device, amp_name: str,
+            channels_last: bool, compile_: bool, count_flops: bool) -> dict:
+    amp = {"": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp_name]
+    model, opt = build(backbone, pamr, device, channels_last)
+    net = torch.compile(model) if compile_ else model
+    criterion = get_criterion("SoftMargin")
+    g = torch.Generator().manual_seed(1)
+    image = torch.randn(batch, 3, size, size, generator=g).to(device)
+    if channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    labels = torch.zeros(batch, 20, device=device)
+    labels[:, 2] = labels[:, 14] = 1
+    # the same random stream for both variants: equal losses up to float rounding
+    torch.manual_seed(2)
+    flops = None
+    if count_flops:  # the warm-up step (allocations, momentum buffers, compilation) also counts the FLOPs
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            losses = [step(net, opt, criterion, image, labels, amp)]
+        flops = counter.get_total_flops()
+    else:
+        losses = [step(net, opt, criterion, image, labels, amp)]
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = _rss_kb("VmRSS") * 1024
+        have_peak = _reset_peak_rss()
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        t = time.perf_counter()
+        losses.append(step(net, opt, criterion, image, labels, amp))
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+        peak_total = peak
+    else:
+        peak_total = _rss_kb("VmHWM") * 1024 if have_peak else None
+        peak = peak_total - base if peak_total is not None else None
+    t = statistics.median(times)
+    return {"backbone": backbone, "pamr": pamr, "batch": batch, "size": size, "amp": amp_name or "fp32",
+            "channels_last": channels_last, "compile": compile_, "step_s": round(t, 4), "step_runs_s":
+            [round(x, 4) for x in times], "images_per_s": round(batch / t, 3),
+            "peak_memory_per_image_mb": round(peak / batch / 2**20, 1) if peak is not None else None,
+            "peak_memory_total_mb": round(peak_total / 2**20, 1) if peak_total is not None else None,
+            "flops": flops, "losses": losses}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Training-step benchmark against the direct PAMR formulation")
+    p.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=BACKBONES)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--size", type=int, default=128, help="square crop side (the original's: 321 / 448)")
+    p.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step (median reported)")
+    p.add_argument("--full", action="store_true", help="also resnet38 at the original's crop 321")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--amp", choices=["", "bf16", "fp16"], default="")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (start-up cost not timed)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "train_step.json"))
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but no GPU is available", file=sys.stderr)
+        return 2
+    peak_rate = matmul_flops(device)
+    print(f"fp32 matmul {MATMUL_N}^3: {peak_rate / 1e9:.1f} GFLOP/s; {torch.get_num_threads()} threads; {device}")
+
+    plan = [(bb, args.batch, args.size, args.amp) for bb in args.backbones]
+    if args.full and ("resnet38", args.batch, 321, args.amp) not in plan:
+        plan.append(("resnet38", args.batch, 321, args.amp))
+    if device.type == "cuda":
+        plan += [("resnet38", 16, 321, "bf16"), ("resnet38", 16, 321, "fp16")]
+    rows, checks = [], []
+    header = (f"{'backbone':<10} {'batch':>5} {'size':>4} {'amp':>5} | {'ours s':>7} {'spec s':>7} {'ratio':>6} | "
+              f"{'img/s':>6} {'GFLOP':>7} {'of peak':>7} | {'MB/img':>7} {'spec MB/img':>11}")
+    print(header)
+    print("-" * len(header))
+    for bb, batch, size, amp in plan:
+        ours = measure(bb, "ours", batch, size, args.steps, device, amp, args.channels_last, args.compile,
+                       count_flops=True)
+        spec = measure(bb, "spec", batch, size, args.steps, device, amp, args.channels_last, args.compile,
+                       count_flops=False)
+        ratio = spec["step_s"] / ours["step_s"]
+        frac = ours["flops"] / ours["step_s"] / peak_rate if ours["flops"] else None
+        same = all(abs(a - b) <= LOSS_RTOL * max(1.0, abs(b)) for a, b in zip(ours["losses"], spec["losses"]))
+        checks.append(same)
+        row = {"ours": ours, "spec": spec, "speedup_vs_spec": round(ratio, 3),
+               "fraction_of_matmul_peak": round(frac, 4) if frac is not None else None, "losses_match": same}
+        if device.type == "cuda" and batch == 16 and size == 321:
+            row["fits_24gb"] = ours["peak_memory_total_mb"] / 1024 <= GPU_MEMORY_LIMIT_GB
+        rows.append(row)
+        mem = ours["peak_memory_per_image_mb"]
+        smem = spec["peak_memory_per_image_mb"]
+        print(f"{bb:<10} {batch:>5} {size:>4} {ours['amp']:>5} | {ours['step_s']:>7.2f} {spec['step_s']:>7.2f} "
+              f"{ratio:>5.2f}x | {ours['images_per_s']:>6.2f} {(ours['flops'] or 0) / 1e9:>7.1f} "
+              f"{(frac or 0) * 100:>6.1f}% | {mem if mem is not None else 'n/a':>7} "
+              f"{smem if smem is not None else 'n/a':>11}" + ("" if same else "  LOSSES DIFFER"), flush=True)
+    ratios = [r["speedup_vs_spec"] for r in rows]
+    result = {
+        "benchmark": "train_step",
+        "command": " ".join(["bench/train_step.py", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "matmul_gflops": round(peak_rate / 1e9, 2),
+        "rows": rows,
+        "targets": {"speedup_vs_spec": TARGET_RATIO, "never_slower": True,
+                    "reached": min(ratios) >= TARGET_RATIO, "never_slower_reached": min(ratios) >= 1.0},
+        "check": {"losses_match": all(checks)},
+    }
+    write_json(args.out, result)
+    print(f"speed-up over the direct formulation: min {min(ratios):.2f}x, max {max(ratios):.2f}x "
+          f"(target >= {TARGET_RATIO}x: {'reached' if result['targets']['reached'] else 'not reached'}); "
+          f"losses match: {all(checks)}; {args.out}")
+    return 0 if all(checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
