@@ -130,6 +130,10 @@ def _backbone_keys_from_top(module: _BackboneHead, state_dict: dict, prefix: str
     top |= {name for name, _ in module.backbone.named_buffers(recurse=False)}
     for k in [k for k in state_dict if k.startswith(prefix) and k[len(prefix):].split(".", 1)[0] in top]:
         state_dict[prefix + BACKBONE + "." + k[len(prefix):]] = state_dict.pop(k)
+    metadata = getattr(state_dict, "_metadata", None)
+    if metadata is not None:  # module versions (e.g. of BN) under the paths the modules have here
+        for k in [k for k in metadata if k.startswith(prefix) and k[len(prefix):].split(".", 1)[0] in top]:
+            metadata[prefix + BACKBONE + "." + k[len(prefix):]] = metadata[k]
 
 
 class SingleStageNet(_BackboneHead):
