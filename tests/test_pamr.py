@@ -130,3 +130,12 @@ def test_loading_other_kernels_is_refused():
     with pytest.raises(UserError, match="aff_m.kernel"):
         module.load_state_dict(state)
     module.load_state_dict(PAMR().state_dict())  # the fixed kernels load
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_equals_the_spec_formulation():
+    torch.manual_seed(4)
+    image, mask = torch.rand(3, 3, 41, 37), torch.softmax(3 * torch.randn(3, 21, 41, 37), 1)
+    ref = PAMRSpec(10, DILATIONS)(image, mask)
+    out = PAMR(10, DILATIONS).cuda()(image.cuda(), mask.cuda())
+    assert out.is_cuda and torch.allclose(out.cpu(), ref, atol=ATOL, rtol=0)
