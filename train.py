@@ -37,8 +37,7 @@ from models import build_model
 from utils.checkpoints import Checkpointer, ResumePoint, best_suffix, interrupt_suffix, remove_stale_temporaries
 from utils.config import AttrDict, cfg_to_yaml, load_cfg
 from utils.dist import (DistContext, EpochSampler, SeededSamples, all_gather_objects, all_reduce_sum, barrier,
-                        broadcast_object, init_distributed, per_rank_batch, shutdown, unwrap, worker_init,
-                        wrap_model)
+                        broadcast_object, init_distributed, per_rank_batch, shutdown, worker_init, wrap_model)
 from utils.errors import UserError, run_main
 from utils.fileio import check_writable_dir, save_torch, write_text
 from utils.opts import get_arg_parser, resolve_dirs, select_device, set_seed

@@ -91,17 +91,6 @@ def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
     return model
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside DDP / DataParallel / torch.compile wrappers."""
-    while True:
-        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
 def all_reduce_sum(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """Element-wise sum over processes (a copy; the input is unchanged). One process: the input."""
     if not ctx.distributed:
