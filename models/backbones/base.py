@@ -1,7 +1,6 @@
 """The contract every backbone keeps, so that the heads never depend on a particular network."""
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 
@@ -27,6 +26,3 @@ class Backbone(nn.Module):
     def frozen_layers(self) -> list[nn.Module]:
         """Layers whose weights stay at their ImageNet values (SPEC 4.2-4.4); the model freezes them."""
         return []
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
