@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench.baselines.pamr_spec import PAMRSpec
-from models.mods.pamr import PAMR, pamr, pamr_affinity, pamr_propagate
+from models.mods.pamr import PAMR, pamr, pamr_affinity
 from utils.errors import UserError
 
 DILATIONS = (1, 2, 4, 8, 12, 24)
@@ -70,6 +70,7 @@ def test_an_image_edge_stops_propagation():
     assert flat[0, 0, :, 16].min() > 0.4
 
 
+# (1, 5, 81, 81): on CPU the channels go in blocks of 4 and 1
 @pytest.mark.parametrize("shape", [(2, 21, 23, 30), (1, 5, 81, 81)])
 def test_equals_the_spec_formulation(shape):
     torch.manual_seed(0)
@@ -89,15 +90,6 @@ def test_equals_the_spec_formulation_with_resize_and_other_settings():
     ref = PAMRSpec(3, (1, 3))(image, mask)
     assert ref.shape == (2, 4, 17, 13)
     assert torch.allclose(PAMR(3, (1, 3))(image, mask), ref, atol=ATOL, rtol=0)
-
-
-def test_chunking_does_not_change_the_result():
-    torch.manual_seed(2)
-    image, mask = torch.rand(5, 3, 12, 12), torch.rand(5, 3, 12, 12)
-    alpha = pamr_affinity(image, DILATIONS)
-    whole = pamr_propagate(mask, alpha, DILATIONS, 4, chunk=5)
-    for chunk in (1, 2, 3):
-        assert torch.allclose(pamr_propagate(mask, alpha, DILATIONS, 4, chunk=chunk), whole, atol=1e-7)
 
 
 def test_float32_under_autocast():

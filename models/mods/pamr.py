@@ -8,7 +8,7 @@ outside the image are read from the nearest border pixel (replicate padding).
 
 The original gathers neighbours with fixed 3x3 kernels applied by conv2d per channel, which writes 48 copies of
 the mask [B,C,48,H,W] in every iteration. The sums here are the same but taken over shifted views of one
-replicate-padded mask, accumulated in place, a few images at a time so that the working set stays in cache:
+replicate-padded mask, accumulated in place, in blocks small enough to stay in cache (see ``pamr_propagate``):
 replicate padding clamps coordinates to the border, so padding once by the largest dilation gives every smaller
 dilation's neighbours too. The fixed kernels are still registered as buffers, because the original's checkpoints
 hold them (``_aff.aff_x.kernel`` ...); a file whose kernels differ is rejected once, at loading, instead of the
@@ -30,6 +30,8 @@ STD_TEMPERATURE = 0.1  # image differences are measured in units of 0.1 x local 
 STD_EPS = 1e-8  # keeps the division finite where the image is flat
 DEFAULT_DILATIONS = (1, 2, 4, 8, 12, 24)
 DEFAULT_ITERS = 10
+# CPU block size in elements: below torch's grain size (32768), under which element-wise operations stay in one thread
+CPU_BLOCK_ELEMENTS = 32_000
 
 
 def local_kernel(positions: tuple[tuple[int, int], ...], difference: bool = False) -> torch.Tensor:
@@ -54,7 +56,14 @@ def _shift(padded: torch.Tensor, pad: int, dy: int, dx: int, h: int, w: int) -> 
 
 
 def pamr_affinity(image: torch.Tensor, dilations: tuple[int, ...] = DEFAULT_DILATIONS) -> torch.Tensor:
-    """Affinities alpha [B, 8*len(D), H, W] (a softmax over the neighbour axis) of the image [B, K, H, W]."""
+    """Affinities alpha [B, 8*len(D), H, W] (a softmax over the neighbour axis) of the image [B, K, H, W].
+    On CPU one image at a time, for the reason given in ``pamr_propagate``."""
+    if image.device.type == "cpu" and image.shape[0] > 1:
+        return torch.cat([_affinity(image[i:i + 1], dilations) for i in range(image.shape[0])])
+    return _affinity(image, dilations)
+
+
+def _affinity(image: torch.Tensor, dilations: tuple[int, ...]) -> torch.Tensor:
     b, k, h, w = image.shape
     pad = max(dilations)
     padded = F.pad(image, (pad, pad, pad, pad), mode="replicate")  # [B,K,H+2p,W+2p]
@@ -76,30 +85,36 @@ def pamr_affinity(image: torch.Tensor, dilations: tuple[int, ...] = DEFAULT_DILA
 
 
 def pamr_propagate(mask: torch.Tensor, alpha: torch.Tensor, dilations: tuple[int, ...] = DEFAULT_DILATIONS,
-                   iters: int = DEFAULT_ITERS, chunk: int | None = None) -> torch.Tensor:
+                   iters: int = DEFAULT_ITERS) -> torch.Tensor:
     """``iters`` times M_c(i) <- sum_n alpha_n(i) M_c(nb_n(i)): mask [B, C, H, W], alpha [B, 8*len(D), H, W] ->
     [B, C, H, W].
 
-    ``chunk`` images are refined at a time (default: the thread count on CPU, so that every thread works on about
-    one image and the operands stay in its cache; the whole batch on accelerators, where fewer launches count).
+    On CPU the mask is refined in blocks of one image and a few channels, each block's operations below torch's
+    parallelisation grain: they run in one thread from the cache, and never wait on the other threads of the
+    machine (each of the ~500 small operations per block would be a thread barrier otherwise, which costs far more
+    than the arithmetic when cores are shared). On accelerators the whole batch goes at once, where fewer
+    launches count.
     """
     b, c, h, w = mask.shape
+    if mask.device.type == "cpu":
+        group = max(1, CPU_BLOCK_ELEMENTS // (h * w))
+        blocks = [(i, slice(k, k + group)) for i in range(b) for k in range(0, c, group)]
+    else:
+        blocks = [(slice(None), slice(None))]
     offsets = neighbour_offsets(dilations)
     pad = max(dilations)
-    if chunk is None:
-        chunk = max(1, torch.get_num_threads()) if mask.device.type == "cpu" else b
-    outs = []
-    for start in range(0, b, chunk):
-        m = mask[start:start + chunk]  # [b',C,H,W]
-        a = alpha[start:start + chunk].unsqueeze(2)  # [b',48,1,H,W]
+    out = torch.empty_like(mask)
+    for images, channels in blocks:
+        m = mask[images, channels]  # [b',c',H,W] or [c',H,W]
+        a = alpha[images].unsqueeze(-3)  # [b',48,1,H,W] or [48,1,H,W]
         for _ in range(iters):
-            padded = F.pad(m, (pad, pad, pad, pad), mode="replicate")  # [b',C,H+2p,W+2p]
-            out = torch.zeros_like(m)
+            padded = F.pad(m, (pad, pad, pad, pad), mode="replicate")  # [...,H+2p,W+2p]
+            acc = torch.zeros_like(m)
             for n, (dy, dx) in enumerate(offsets):
-                out.addcmul_(a[:, n], _shift(padded, pad, dy, dx, h, w))
-            m = out
-        outs.append(m)
-    return outs[0] if len(outs) == 1 else torch.cat(outs)
+                acc.addcmul_(a.select(-4, n), _shift(padded, pad, dy, dx, h, w))
+            m = acc
+        out[images, channels] = m
+    return out
 
 
 def pamr(image: torch.Tensor, mask: torch.Tensor, dilations: tuple[int, ...] = DEFAULT_DILATIONS,
