@@ -22,14 +22,15 @@ import copy
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from tqdm import tqdm
 
-from datasets.checks import check_file_list
+from datasets.checks import CHECK_THREADS, check_file_list
 from datasets.filelists import IMAGE_ERRORS, load_image
-from datasets.pascal_voc_ms import (build_inference_dataset, check_batch_size, check_sizes, get_inference_loader,
-                                    read_inference_items)
+from datasets.pascal_voc_ms import (MAX_REPORTED, build_inference_dataset, check_batch_size, check_sizes,
+                                    get_inference_loader, read_inference_items)
 from datasets.voc import NUM_CLASSES
 from models import build_model
 from models.weights import load_snapshot
@@ -153,16 +154,11 @@ def check_only(args: argparse.Namespace, cfg, writer_opts: WriterOptions, device
     if writer_opts.crf is not None:
         _collect(problems, writer_opts.crf.check)
         _collect(problems, require_pydensecrf)
-    items = _collect(problems, read_inference_items, args.infer_list, cfg.TEST.DATA_ROOT)
+    items, found = checked_items(args.infer_list, cfg.TEST.DATA_ROOT)
+    problems.extend(found)
     if items is not None:
-        if os.path.isdir(args.infer_list):
-            problems.extend(_decode_problems(items))
-            if not problems:
-                _collect(problems, check_sizes, items, cfg.TEST, args.tight_canvas)
-        else:
-            problems.extend(check_file_list(args.infer_list, cfg.TEST.DATA_ROOT, need_masks=False))
-            if not problems:
-                _collect(problems, check_sizes, items, cfg.TEST, args.tight_canvas)
+        if not found:
+            _collect(problems, check_sizes, items, cfg.TEST, args.tight_canvas)
         if cfg.TEST.USE_GT_LABELS and any(m is None for _, m in items):
             problems.append(_no_gt_message(args.infer_list))
     snapshot = _collect(problems, snapshot_path, args)
@@ -175,14 +171,38 @@ def check_only(args: argparse.Namespace, cfg, writer_opts: WriterOptions, device
           f"output directory {args.mask_output_dir}")
 
 
+def checked_items(infer_list: str, data_root: str) -> tuple[list | None, list[str]]:
+    """(the images to infer or None, every problem of the listed files), each file decoded once.
+
+    A file list is checked first (every line: the image exists and decodes, a mask is a valid PNG of 0..20 and
+    255 of the image's size), so that one missing file does not hide the others' problems; the items are read
+    only when it found none. A folder's images are decoded.
+    """
+    if os.path.isfile(infer_list):
+        found = check_file_list(infer_list, data_root, need_masks=False, limit=MAX_REPORTED)
+        if found:
+            return None, found
+    problems: list[str] = []
+    items = _collect(problems, read_inference_items, infer_list, data_root)
+    if items is not None and os.path.isdir(infer_list):
+        problems.extend(_decode_problems(items))
+    return items, problems
+
+
+def _decode_problem(path: str) -> str | None:
+    try:
+        load_image(path)
+    except IMAGE_ERRORS as e:
+        return f"{path} is not a readable image ({e}); replace it or remove it from the folder"
+    return None
+
+
 def _decode_problems(items) -> list[str]:
-    """Images of a folder that do not decode completely, one line each."""
-    problems = []
-    for path, _ in items:
-        try:
-            load_image(path)
-        except IMAGE_ERRORS as e:
-            problems.append(f"{path} is not a readable image ({e}); replace it or remove it from the folder")
+    """Images of a folder that do not decode completely, one line each (at most MAX_REPORTED, then a count)."""
+    with ThreadPoolExecutor(CHECK_THREADS) as pool:  # PIL decodes without the GIL
+        problems = [p for p in pool.map(_decode_problem, [path for path, _ in items]) if p is not None]
+    if len(problems) > MAX_REPORTED:
+        problems = problems[:MAX_REPORTED] + [f"... and {len(problems) - MAX_REPORTED} more unreadable images"]
     return problems
 
 
@@ -219,7 +239,12 @@ def main(argv: list[str] | None = None) -> None:
         crf.check()
         require_pydensecrf()
     snapshot = snapshot_path(args)
-    items = read_inference_items(args.infer_list, cfg.TEST.DATA_ROOT)
+    if cfg.TRAIN.ON_CORRUPT == "stop":  # every listed file decoded now, not when the loader reaches it
+        items, problems = checked_items(args.infer_list, cfg.TEST.DATA_ROOT)
+        if problems:
+            raise UserError("\n".join(problems))
+    else:  # "skip": the loader leaves corrupt images out
+        items = read_inference_items(args.infer_list, cfg.TEST.DATA_ROOT)
     if cfg.TEST.USE_GT_LABELS and any(m is None for _, m in items):
         raise UserError(_no_gt_message(args.infer_list))
     check_sizes(items, cfg.TEST, args.tight_canvas)

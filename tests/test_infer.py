@@ -407,7 +407,9 @@ def test_image_corrupt_during_the_run_stops_or_is_skipped(setup, synthetic_root,
     jpeg = root / "voc/VOCdevkit/VOC2012/JPEGImages/val_000002.jpg"
     jpeg.write_bytes(jpeg.read_bytes()[: len(jpeg.read_bytes()) // 2])  # the header reads, the pixels do not
     args = _args(base, cfgs["ae"], "ae", str(root / "val_voc.txt"), str(tmp_path / "o"), str(root), "--no-crf")
-    assert "val_000002.jpg (unreadable image: image file is truncated" in _error(args)
+    # TRAIN.ON_CORRUPT stop (the default): every listed image is decoded before the run, so nothing is written
+    assert "val_000002.jpg is not a readable image (image file is truncated" in _error(args)
+    assert not (tmp_path / "o").exists()
     infer_val.main(args + ["TRAIN.ON_CORRUPT", "skip"])
     assert [f for f in _files(tmp_path / "o") if "/" not in f] == [f"val_00000{i}.png" for i in (0, 1, 3, 4, 5)]
     assert any("skipping" in str(w.message) and "val_000002.jpg" in str(w.message) for w in recwarn)
