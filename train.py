@@ -30,11 +30,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from datasets.pascal_voc import VOCSegmentation, collate_skip_none
+from datasets.filelists import read_file_list
+from datasets.pascal_voc import SPLIT_LISTS, VOCSegmentation, collate_skip_none
+from datasets.transforms import dataset_cfg_problems
 from datasets.voc import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, NUM_FG, denorm
 from losses import get_criterion
 from models import build_model
-from utils.checkpoints import Checkpointer, ResumePoint, best_suffix, interrupt_suffix, remove_stale_temporaries
+from utils.checkpoints import (Checkpointer, ResumePoint, best_suffix, interrupt_suffix, remove_stale_temporaries,
+                               resolve_suffix, snapshot_paths)
 from utils.config import AttrDict, cfg_to_yaml, load_cfg
 from utils.dist import (DistContext, EpochSampler, SeededSamples, all_gather_objects, all_reduce_sum, barrier,
                         broadcast_object, init_distributed, per_rank_batch, shutdown, worker_init, wrap_model)
@@ -48,6 +51,7 @@ STREAMS = {"train": 0, "train_voc": 1, "val": 2}  # independent augmentation str
 MODELS = ("ae", "bsl")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 INITIAL_BEST = -1e16  # the original's best_score before any checkpoint
+ON_CORRUPT = ("stop", "skip")  # TRAIN.ON_CORRUPT: a corrupt image stops the run, or is left out
 
 
 class Interrupted(Exception):
@@ -107,6 +111,14 @@ def check_train_cfg(cfg: AttrDict) -> list[str]:
     if not (isinstance(opt, type) and issubclass(opt, torch.optim.Optimizer)):
         problems.append(f"config key NET.OPT is {cfg.NET.OPT!r}, not an optimiser of torch.optim; use SGD "
                         "(the original's) or e.g. Adam")
+    try:
+        get_criterion(cfg.NET.LOSS)
+    except UserError as e:
+        problems.append(str(e))
+    problems += dataset_cfg_problems(cfg.DATASET)
+    if cfg.TRAIN.ON_CORRUPT not in ON_CORRUPT:
+        problems.append(f"config key TRAIN.ON_CORRUPT is {cfg.TRAIN.ON_CORRUPT!r}; use 'stop' (a corrupt image "
+                        "stops the run) or 'skip' (it is left out with a warning)")
     return problems
 
 
@@ -122,29 +134,98 @@ def check_data(cfg: AttrDict) -> list[str]:
     return problems
 
 
-def preflight(args, cfg: AttrDict, ctx: DistContext) -> None:
-    """Config, data, output directories and the resume snapshot, all checked before the run; every problem at
-    once (rank 0 checks, the others learn the outcome)."""
+def check_split_sizes(cfg: AttrDict) -> list[str]:
+    """The training split must fill at least one batch (it drops the last, short one); a list that cannot be
+    read is left to ``check_data``."""
+    list_path = os.path.join(cfg.DATASET.ROOT, cfg.DATASET[SPLIT_LISTS["train"]])
+    try:
+        n = len(read_file_list(list_path, cfg.DATASET.ROOT, need_masks=True, check_exists=False))
+    except UserError:
+        return []
+    if cfg.TRAIN.BATCH_SIZE >= 1 and n < cfg.TRAIN.BATCH_SIZE:
+        return [f"split train ({list_path}) has {n} images, fewer than the batch size {cfg.TRAIN.BATCH_SIZE}, so no "
+                "batch would be left; lower TRAIN.BATCH_SIZE or add images"]
+    return []
+
+
+def run_dir_problem(path: str, option: str) -> str | None:
+    """Why the run directory ``path`` could not be created or written, without creating anything: its nearest
+    existing ancestor must be a writable directory."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        parent = os.path.dirname(existing)
+        if parent == existing:
+            break
+        existing = parent
+    if not os.path.isdir(existing):
+        return f"cannot create the run directory {path}: {existing} is not a directory; choose another {option}"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot create or write the run directory {path}: {existing} is not writable; choose another {option}"
+    return None
+
+
+def make_run_dirs(args) -> None:
+    """Create the log and snapshot directories of the run (once every check passed) and check that files can be
+    written there."""
+    for d, option in ((args.logdir, "--logdir"), (args.snapshot_dir, "--snapshot-dir")):
+        check_writable_dir(d, f"run directory ({option})")
+
+
+def preflight(args, cfg: AttrDict, ctx: DistContext) -> tuple[list[str], bool]:
+    """Config, workers, data, output directories and the resume snapshot's files, checked before anything is
+    built or written; every problem at once, one line each (rank 0 checks, the others learn the outcome).
+
+    Returns the problems and whether the config is sound enough to build the model (when it is, the model is
+    built and the snapshot loaded to find more problems before anything is reported). ``args.resume`` ``last``
+    is replaced by the suffix it names, the same on every process.
+    """
     problems: list[str] = []
+    config_ok = True
     if ctx.is_main:
         problems += check_train_cfg(cfg)
-        for what, d in (("log directory", args.logdir), ("snapshot directory", args.snapshot_dir)):
-            try:
-                check_writable_dir(d, what)
-            except UserError as e:
-                problems.append(str(e))
+        config_ok = not problems
+        if args.workers < 0:
+            problems.append(f"--workers {args.workers}: give the number of data loading processes per training "
+                            "process, 0 (load in the main process) or more")
+        for d, option in ((args.logdir, "--logdir"), (args.snapshot_dir, "--snapshot-dir")):
+            problem = run_dir_problem(d, option)
+            if problem:
+                problems.append(problem)
         if ctx.world_size > 1 and cfg.TRAIN.BATCH_SIZE % ctx.world_size:
             problems.append(f"TRAIN.BATCH_SIZE {cfg.TRAIN.BATCH_SIZE} does not split evenly over {ctx.world_size} "
                             "processes; set it to a multiple of the process count")
         problems += check_data(cfg)
-        if args.resume and args.resume != "last":
-            model_file = os.path.join(args.snapshot_dir, f"model_enc_{args.resume}.pth")
-            if not os.path.isfile(model_file):
-                problems.append(f"snapshot {model_file} not found; check --resume (e.g. e020Xs0.928, or last) and "
-                                "--snapshot-dir/--dataset/--exp/--run")
-    problems = broadcast_object(problems, ctx)
-    if problems:
-        raise UserError("\n".join(problems))
+        problems += check_split_sizes(cfg)
+        if args.resume:
+            try:
+                args.resume = resolve_suffix(args.snapshot_dir, args.resume)
+            except UserError as e:
+                problems.append(str(e))
+                args.resume = None
+            if args.resume:
+                model_file = snapshot_paths(args.snapshot_dir, args.resume)["model"]
+                if not os.path.isfile(model_file):
+                    problems.append(f"snapshot {model_file} not found; check --resume (e.g. e020Xs0.928, or last) "
+                                    "and --snapshot-dir/--dataset/--exp/--run")
+                    args.resume = None
+    problems, config_ok, args.resume = broadcast_object((problems, config_ok, args.resume), ctx)
+    return problems, config_ok
+
+
+def build_and_load(args, cfg: AttrDict, ctx: DistContext
+                   ) -> tuple[nn.Module, torch.optim.Optimizer, Checkpointer, ResumePoint | None]:
+    """The model on its device, the optimiser, the run's checkpointer and the resumed snapshot (if any) loaded
+    into them; a problem is a UserError (an unknown backbone, missing weights, a snapshot of another model)."""
+    set_seed(args.random_seed + ctx.rank)  # before the model is built: the head's initialisation is seeded
+    model = build_model(cfg.NET, num_classes=NUM_CLASSES)
+    print(f"Model: {cfg.NET.MODEL}, backbone {cfg.NET.BACKBONE}; {ctx.world_size} process(es) on {ctx.device}")
+    model.to(ctx.device)
+    if cfg.TRAIN.CHANNELS_LAST:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg.NET, model.parameter_groups(cfg.NET.LR, cfg.NET.WEIGHT_DECAY))
+    checkpoints = Checkpointer(args.snapshot_dir, model, optimizer)
+    point = checkpoints.load(args.resume) if args.resume else None
+    return model, optimizer, checkpoints, point
 
 
 def git_description(argv: list[str]) -> str:
@@ -311,9 +392,8 @@ def train_iteration(net: nn.Module, criterion: Callable, optimizer: torch.optim.
 class Trainer:
     """State and phases of one run: validation, a training epoch, snapshots, logs."""
 
-    def __init__(self, args, cfg: AttrDict, ctx: DistContext, model: nn.Module, optimizer: torch.optim.Optimizer):
-        from utils.visualize import EventWriter
-
+    def __init__(self, args, cfg: AttrDict, ctx: DistContext, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 checkpoints: Checkpointer | None = None):
         self.args, self.cfg, self.ctx = args, cfg, ctx
         self.model, self.optimizer = model, optimizer
         self.criterion = get_criterion(cfg.NET.LOSS)
@@ -321,9 +401,8 @@ class Trainer:
         self.seed = args.random_seed
         self.best_score = INITIAL_BEST
         self.stop = StopRequest()
-        self.checkpoints = Checkpointer(args.snapshot_dir, model, optimizer)
-        self.writers = ({k: EventWriter(os.path.join(args.logdir, k)) for k in ("train", "val")}
-                        if ctx.is_main else {})
+        self.checkpoints = checkpoints or Checkpointer(args.snapshot_dir, model, optimizer)
+        self.writers: dict[str, Any] = {}  # TensorBoard event files, made by open_writers once the run starts
         self.tty = sys.stdout.isatty()
         self.net = wrap_model(model, ctx)
         if cfg.TRAIN.COMPILE:
@@ -332,6 +411,13 @@ class Trainer:
         self.eval_net = self.net if isinstance(self.net, nn.DataParallel) else model
         self.position = ("val", 0)  # where the first epoch starts: with its validation (if due), or mid-training
         self.epoch_sums: dict[str, float] = {}
+
+    def open_writers(self) -> None:
+        """The train and val TensorBoard event files (rank 0)."""
+        from utils.visualize import EventWriter
+
+        if self.ctx.is_main:
+            self.writers = {k: EventWriter(os.path.join(self.args.logdir, k)) for k in ("train", "val")}
 
     def print(self, *a: Any) -> None:
         if self.ctx.is_main:
@@ -578,42 +664,52 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args, argv: list[str], cfg: AttrDict, ctx: DistContext) -> int:
+    """Every check first (nothing is written until all pass: no run directory, config.yaml, git.txt, event file
+    or snapshot), then the run."""
     torch.backends.cudnn.benchmark = True  # as the original's training
     if args.workers > 0:
         torch.set_num_threads(args.workers)
-    resolve_dirs(args, create=ctx.is_main)
-    preflight(args, cfg, ctx)
-    if ctx.is_main:
+    resolve_dirs(args, create=False)
+    problems, config_ok = preflight(args, cfg, ctx)
+    if not config_ok:
+        raise UserError("\n".join(problems))
+    if ctx.is_main and not problems:
         print("Config:")
         print(cfg_to_yaml(cfg), flush=True)
-    set_seed(args.random_seed + ctx.rank)  # before the model is built: the head's initialisation is seeded
-    model = build_model(cfg.NET, num_classes=NUM_CLASSES)
+    # the model, the optimiser and the resumed snapshot: more problems (a backbone without its weights, a
+    # snapshot of another model), reported together with the ones found so far
+    built, own = None, []
+    try:
+        built = build_and_load(args, cfg, ctx)
+    except UserError as e:
+        own.append(str(e))
+    problems += [p for part in all_gather_objects(own, ctx) for p in part]
+    if problems or built is None:
+        raise UserError("\n".join(problems))
+    model, optimizer, checkpoints, point = built
     if args.check:
-        if args.resume:
-            Checkpointer(args.snapshot_dir, model).load(args.resume)
-        print(f"OK: config, data lists, weights and output directories checked ({args.cfg_file})")
+        if ctx.is_main:
+            make_run_dirs(args)
+        print(f"OK: config, data lists, weights, resume snapshot and output directories checked ({args.cfg_file})")
         return 0
-    print(f"Model: {cfg.NET.MODEL}, backbone {cfg.NET.BACKBONE}; {ctx.world_size} process(es) on {ctx.device}")
-    model.to(ctx.device)
-    if cfg.TRAIN.CHANNELS_LAST:
-        model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg.NET, model.parameter_groups(cfg.NET.LR, cfg.NET.WEIGHT_DECAY))
-    if ctx.is_main:
-        write_text(os.path.join(args.logdir, "config.yaml"), cfg_to_yaml(cfg))
-        write_text(os.path.join(args.logdir, "git.txt"), git_description(["train.py", *argv]))
-        for path in remove_stale_temporaries(args.snapshot_dir):
-            print(f"Removed the unfinished file {path} of an interrupted run")
 
-    trainer = Trainer(args, cfg, ctx, model, optimizer)
-    start_epoch = 0
-    if args.resume:
-        start_epoch = trainer.resume(trainer.checkpoints.load(args.resume))
+    trainer = Trainer(args, cfg, ctx, model, optimizer, checkpoints)
+    start_epoch = trainer.resume(point) if point is not None else 0
     seed = trainer.seed
     augment_val = not cfg.TRAIN.DETERMINISTIC_VAL
     loaders = {"train": make_loader(cfg, "train", ctx, seed, args.workers, augment=True),
                "val": make_loader(cfg, "val", ctx, seed, args.workers, augment=augment_val)}
     if cfg.TRAIN.VAL_TRAIN_VOC:
         loaders["train_voc"] = make_loader(cfg, "train_voc", ctx, seed, args.workers, augment=augment_val)
+
+    # set-up done: from here on the run writes
+    if ctx.is_main:
+        make_run_dirs(args)
+        write_text(os.path.join(args.logdir, "config.yaml"), cfg_to_yaml(cfg))
+        write_text(os.path.join(args.logdir, "git.txt"), git_description(["train.py", *argv]))
+        for path in remove_stale_temporaries(args.snapshot_dir):
+            print(f"Removed the unfinished file {path} of an interrupted run")
+    trainer.open_writers()
     fixed = load_fixed_batch(args.fixed_batch_path, *loaders["train"], cfg.TRAIN.BATCH_SIZE) if ctx.is_main else None
 
     trainer.stop.install()

@@ -108,6 +108,18 @@ def list_snapshots(snapshot_dir: str, name: str = NAME) -> list[str]:
     return [s for _, s in sorted(found)]
 
 
+def resolve_suffix(snapshot_dir: str, suffix: str, name: str = NAME) -> str:
+    """``last`` -> the newest complete snapshot of ``snapshot_dir``; other suffixes unchanged. Reads only the
+    directory, so it can run before any model is built."""
+    if suffix != "last":
+        return suffix
+    found = list_snapshots(snapshot_dir, name)
+    if not found:
+        raise UserError(f"--resume last: no complete snapshot in {snapshot_dir}; start without --resume "
+                        "or check --snapshot-dir/--dataset/--exp/--run")
+    return found[-1]
+
+
 def remove_stale_temporaries(snapshot_dir: str) -> list[str]:
     """Delete the temporary files a killed process left behind (``.<file>.<random>.tmp``)."""
     removed = []
@@ -186,13 +198,7 @@ class Checkpointer:
 
     def resolve(self, suffix: str) -> str:
         """``last`` -> the newest complete snapshot of the run directory; other suffixes unchanged."""
-        if suffix != "last":
-            return suffix
-        found = list_snapshots(self.snapshot_dir, self.name)
-        if not found:
-            raise UserError(f"--resume last: no complete snapshot in {self.snapshot_dir}; start without --resume "
-                            "or check --snapshot-dir/--dataset/--exp/--run")
-        return found[-1]
+        return resolve_suffix(self.snapshot_dir, suffix, self.name)
 
     def load(self, suffix: str) -> ResumePoint:
         """Load model (strict) and optimiser states of ``suffix`` (or ``last``); where the run continues."""
