@@ -71,7 +71,7 @@ def test_an_image_edge_stops_propagation():
 
 
 # (1, 5, 81, 81): on CPU the channels go in blocks of 4 and 1
-@pytest.mark.parametrize("shape", [(2, 21, 23, 30), (1, 5, 81, 81)])
+@pytest.mark.parametrize("shape", [(2, 21, 23, 30), (1, 5, 81, 81), (5, 21, 20, 20)])
 def test_equals_the_spec_formulation(shape):
     torch.manual_seed(0)
     b, c, h, w = shape

@@ -59,8 +59,14 @@ def pamr_affinity(image: torch.Tensor, dilations: tuple[int, ...] = DEFAULT_DILA
     """Affinities alpha [B, 8*len(D), H, W] (a softmax over the neighbour axis) of the image [B, K, H, W].
     On CPU one image at a time, for the reason given in ``pamr_propagate``."""
     if image.device.type == "cpu" and image.shape[0] > 1:
-        return torch.cat([_affinity(image[i:i + 1], dilations) for i in range(image.shape[0])])
+        step = _images_per_block(image[0].numel())
+        return torch.cat([_affinity(image[i:i + step], dilations) for i in range(0, image.shape[0], step)])
     return _affinity(image, dilations)
+
+
+def _images_per_block(per_image: int) -> int:
+    """Images of ``per_image`` elements that fit one CPU block together (at least 1)."""
+    return max(1, CPU_BLOCK_ELEMENTS // per_image)
 
 
 def _affinity(image: torch.Tensor, dilations: tuple[int, ...]) -> torch.Tensor:
@@ -89,14 +95,17 @@ def pamr_propagate(mask: torch.Tensor, alpha: torch.Tensor, dilations: tuple[int
     """``iters`` times M_c(i) <- sum_n alpha_n(i) M_c(nb_n(i)): mask [B, C, H, W], alpha [B, 8*len(D), H, W] ->
     [B, C, H, W].
 
-    On CPU the mask is refined in blocks of one image and a few channels, each block's operations below torch's
-    parallelisation grain: they run in one thread from the cache, and never wait on the other threads of the
-    machine (each of the ~500 small operations per block would be a thread barrier otherwise, which costs far more
-    than the arithmetic when cores are shared). On accelerators the whole batch goes at once, where fewer
+    On CPU the mask is refined in blocks of one image and a few channels (or of a few whole images when they are
+    small), each block's operations below torch's parallelisation grain: they run in one thread from the cache,
+    and never wait on the other threads of the machine (each of the ~500 small operations per block would be a
+    thread barrier otherwise, which costs far more than the arithmetic when cores are shared). On accelerators the whole batch goes at once, where fewer
     launches count.
     """
     b, c, h, w = mask.shape
-    if mask.device.type == "cpu":
+    if mask.device.type == "cpu" and c * h * w <= CPU_BLOCK_ELEMENTS:  # small masks: whole images together
+        step = _images_per_block(c * h * w)
+        blocks = [(slice(i, i + step), slice(None)) for i in range(0, b, step)]
+    elif mask.device.type == "cpu":
         group = max(1, CPU_BLOCK_ELEMENTS // (h * w))
         blocks = [(i, slice(k, k + group)) for i in range(b) for k in range(0, c, group)]
     else:
