@@ -53,7 +53,7 @@ from datasets.voc import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE_FLAT
 from utils.errors import UserError, run_main
 from utils.fileio import atomic_path, check_writable_dir, write_json, write_text
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SUPERSAMPLE = 4  # shapes are drawn at 4x and box-filtered down: anti-aliased edges
 DEFAULT_CLASSES = (3, 7, 8, 12, 15, 20)  # bird, car, cat, dog, person, tv/monitor
 VOC_TRAIN_FRACTION = 0.25  # share of the training images written in the VOC layout (the rest as SBD)
@@ -76,7 +76,9 @@ BAND_NAMES = tuple(BANDS)
 # outlines in unit coordinates ([-1, 1]^2, y down); class k gets SHAPES[k % len(SHAPES)]
 SHAPES = ("ellipse", "box", "triangle", "diamond", "hexagon", "cross", "star", "trapezoid")
 BODY_TEXTURES = ("stripes", "dots", "noise")  # class k gets BODY_TEXTURES[k % 3]: shared between classes
-HEAD_HUES = (0.0, 0.15, 0.83, 0.5, 0.08, 0.33, 0.62, 0.92)  # saturated head colours, far from the muted bodies
+# saturated head colours, far from the muted bodies; the first six (the default classes) are the primaries and
+# secondaries, a sixth of the hue circle apart, and each class pair (0-1, 2-3, 4-5) gets opposite hues
+HEAD_HUES = (0.0, 0.5, 1 / 6, 2 / 3, 1 / 3, 5 / 6, 0.08, 0.58)
 
 
 @dataclasses.dataclass(frozen=True)
