@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from models.backbones import build_backbone
-from models.stage_net import CAMNet, SingleStageNet
+from models.stage_net import HEAD_WIDTH, CAMNet, SingleStageNet
 from models.weights import load_init_weights
 from utils.errors import UserError
 
@@ -21,13 +21,16 @@ def build_model(net_cfg, num_classes: int = 21) -> nn.Module:
     """
     if net_cfg.MODEL not in MODELS:
         raise UserError(f"unknown model {net_cfg.MODEL!r} (NET.MODEL); valid: {', '.join(MODELS)}")
-    backbone = build_backbone(net_cfg.BACKBONE, pretrained=not net_cfg.FROM_SCRATCH)
+    backbone = build_backbone(net_cfg.BACKBONE, pretrained=not net_cfg.FROM_SCRATCH, light_width=net_cfg.LIGHT_WIDTH)
     if backbone.pretrained:
         load_init_weights(backbone, net_cfg.PRE_WEIGHTS_PATH, net_cfg.BACKBONE)
     if net_cfg.MODEL == "ae":
         return SingleStageNet(backbone, num_classes, focal_p=net_cfg.FOCAL_P, focal_lambda=net_cfg.FOCAL_LAMBDA,
                               pamr_iter=net_cfg.PAMR_ITER, pamr_kernel=tuple(net_cfg.PAMR_KERNEL),
-                              sg_psi=net_cfg.SG_PSI)
+                              sg_psi=net_cfg.SG_PSI, head_width=net_cfg.HEAD_WIDTH)
+    if net_cfg.HEAD_WIDTH != HEAD_WIDTH:
+        raise UserError(f"NET.HEAD_WIDTH is {net_cfg.HEAD_WIDTH}, but the CAM baseline (NET.MODEL bsl) has no head "
+                        f"of that kind: remove the key or set it to {HEAD_WIDTH}")
     return CAMNet(backbone, num_classes, bg_score=net_cfg.BG_SCORE)
 
 

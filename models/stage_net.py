@@ -18,13 +18,14 @@ import torch.nn.functional as F
 from losses.functional import (add_background_logit, balanced_mask_loss, class_scores, foreground_coverage,
                                pseudo_gt, rescale_and_clean)
 from models.backbones import Backbone
-from models.mods.aspp import ASPP, ASPP_CHANNELS
+from models.mods.aspp import ASPP
 from models.mods.gci import GCI
 from models.mods.pamr import DEFAULT_DILATIONS, DEFAULT_ITERS, PAMR
 from models.mods.sg import StochasticGate
+from utils.errors import UserError
 
-SKIP_CHANNELS = 48  # fc8_skip output channels
-DECODER_CHANNELS = 256
+HEAD_WIDTH = 256  # ASPP and decoder channels (NET.HEAD_WIDTH)
+SKIP_CHANNELS = 48  # fc8_skip output channels at HEAD_WIDTH (scaled with NET.HEAD_WIDTH)
 DECODER_DROPOUT = (0.5, 0.1)  # after the first and the second conv of last_conv
 BSL_DROPOUT = 0.5  # Dropout2d before the baseline's pooling
 BSL_MASK_EPS = 1e-5  # CAMs are divided by (eps + their maximum)
@@ -148,27 +149,28 @@ class SingleStageNet(_BackboneHead):
 
     def __init__(self, backbone: Backbone, num_classes: int = 21, focal_p: float = 3, focal_lambda: float = 0.01,
                  pamr_iter: int = DEFAULT_ITERS, pamr_kernel: tuple[int, ...] = DEFAULT_DILATIONS,
-                 sg_psi: float = 0.3):
+                 sg_psi: float = 0.3, head_width: int = HEAD_WIDTH):
         super().__init__(backbone)
+        if head_width < 1:
+            raise UserError(f"NET.HEAD_WIDTH is {head_width}; it must be a positive number of channels")
         self.focal_p, self.focal_lambda = focal_p, focal_lambda
         c3, c6 = backbone.channels["conv3"], backbone.channels["conv6"]
-        self.aspp = ASPP(c6)
+        width, skip = head_width, max(1, SKIP_CHANNELS * head_width // HEAD_WIDTH)
+        self.aspp = ASPP(c6, width)
         # SPEC 5.2: the ASPP BNs stay in eval mode with their initial statistics (a learnable affine map)
         self._bn_frozen += _bn_layers(self.aspp)
         self._aff = PAMR(pamr_iter, tuple(pamr_kernel))
-        self.shallow_mask = GCI(c3, DECODER_CHANNELS, DECODER_CHANNELS)
+        self.shallow_mask = GCI(c3, width, width)
         self.sg = StochasticGate(sg_psi)
-        self.fc8_skip = nn.Sequential(nn.Conv2d(c3, SKIP_CHANNELS, 1, bias=False), nn.BatchNorm2d(SKIP_CHANNELS),
-                                      nn.ReLU(inplace=True))
-        self.fc8_x = nn.Sequential(
-            nn.Conv2d(ASPP_CHANNELS + SKIP_CHANNELS, DECODER_CHANNELS, 3, padding=1, bias=False),
-            nn.BatchNorm2d(DECODER_CHANNELS), nn.ReLU(inplace=True))
+        self.fc8_skip = nn.Sequential(nn.Conv2d(c3, skip, 1, bias=False), nn.BatchNorm2d(skip), nn.ReLU(inplace=True))
+        self.fc8_x = nn.Sequential(nn.Conv2d(width + skip, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                                   nn.ReLU(inplace=True))
         self.last_conv = nn.Sequential(
-            nn.Conv2d(DECODER_CHANNELS, DECODER_CHANNELS, 3, padding=1, bias=False), nn.BatchNorm2d(DECODER_CHANNELS),
+            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
             nn.ReLU(inplace=True), nn.Dropout(DECODER_DROPOUT[0]),
-            nn.Conv2d(DECODER_CHANNELS, DECODER_CHANNELS, 3, padding=1, bias=False), nn.BatchNorm2d(DECODER_CHANNELS),
+            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
             nn.ReLU(inplace=True), nn.Dropout(DECODER_DROPOUT[1]),
-            nn.Conv2d(DECODER_CHANNELS, num_classes - 1, 1))
+            nn.Conv2d(width, num_classes - 1, 1))
         decoder = [self.shallow_mask, self.fc8_skip, self.fc8_x, self.last_conv]
         _init_new_layers(decoder)
         self._from_scratch += _param_layers([self.aspp] + decoder)

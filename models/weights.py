@@ -147,13 +147,18 @@ def load_snapshot(model: nn.Module, path: str) -> None:
     shape = [k for k in own if k in state and own[k].shape != state[k].shape]
     if missing or unexpected or shape:
         keys = set(state)
-        found = f"the file is a {guess_backbone(keys)} backbone with model {guess_model(keys)}"
+        backbone = guess_backbone(keys)
+        found = f"the file is a {backbone} backbone with model {guess_model(keys)}"
+        if backbone == "resnet18" and "conv1.weight" in state:
+            found += f", NET.LIGHT_WIDTH {state['conv1.weight'].shape[0]}"
+        if "aspp.conv1.weight" in state:
+            found += f", NET.HEAD_WIDTH {state['aspp.conv1.weight'].shape[0]}"
         if missing or unexpected:
             detail = (f"missing keys {', '.join(missing[:SHOW_KEYS]) or 'none'}; "
                       f"unexpected keys {', '.join(unexpected[:SHOW_KEYS]) or 'none'}")
         else:
             k = shape[0]
             detail = f"{k} has shape {tuple(state[k].shape)}, the model needs {tuple(own[k].shape)}"
-        raise UserError(f"snapshot {path} does not match the configured model ({detail}); {found}: "
-                        "set NET.BACKBONE / NET.MODEL (or TEST.NUM_CLASSES) to match it")
+        raise UserError(f"snapshot {path} does not match the configured model ({detail}); {found}: set "
+                        "NET.BACKBONE / NET.MODEL (or TEST.NUM_CLASSES, NET.HEAD_WIDTH, NET.LIGHT_WIDTH) to match it")
     model.load_state_dict(state, strict=True)

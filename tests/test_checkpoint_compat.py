@@ -8,9 +8,11 @@ import pytest
 import torch
 import torchvision
 
+from models import build_model
 from models.backbones import build_backbone
 from models.stage_net import CAMNet, SingleStageNet
 from models.weights import load_snapshot
+from utils.config import get_cfg_defaults
 from utils.errors import UserError
 
 
@@ -229,3 +231,11 @@ def test_missing_or_corrupt_snapshot(tmp_path):
     assert "cannot be read" in one_line_error(m, tmp_path / "broken.pth")
     torch.save({"epoch": 3}, tmp_path / "other.pth")
     assert "does not hold a state dict of tensors" in one_line_error(m, tmp_path / "other.pth")
+
+
+def test_snapshot_of_other_widths_names_them(tmp_path):
+    cfg = get_cfg_defaults()
+    cfg.NET.BACKBONE, cfg.NET.MODEL, cfg.NET.LIGHT_WIDTH, cfg.NET.HEAD_WIDTH = "resnet18", "ae", 16, 32
+    torch.save(build_model(cfg.NET).state_dict(), tmp_path / "narrow.pth")
+    msg = one_line_error(small("ae"), tmp_path / "narrow.pth")
+    assert "NET.LIGHT_WIDTH 16, NET.HEAD_WIDTH 32" in msg and "has shape" in msg

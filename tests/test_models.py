@@ -303,3 +303,34 @@ def test_cuda_matches_cpu(no_tf32):
         assert torch.allclose(out[k].cpu(), ref[k], atol=1e-4, rtol=1e-4), k
     # thresholds may flip a pixel that sits exactly on one
     assert (out["pseudo"].cpu() == ref["pseudo"]).float().mean() > 0.999
+
+
+def test_light_and_head_widths_from_config():
+    m = build_model(net_cfg("resnet18", "ae", LIGHT_WIDTH=16, HEAD_WIDTH=32)).train()
+    assert m.backbone.channels == {"conv3": 16, "conv6": 128}
+    assert m.backbone.layer4[1].conv2.weight.shape == (128, 128, 3, 3)
+    assert m.aspp.conv1.weight.shape == (32, 5 * 32, 1, 1)
+    assert m.fc8_skip[0].weight.shape == (6, 16, 1, 1)  # 48 * 32 / 256
+    assert m.fc8_x[0].weight.shape == (32, 32 + 6, 3, 3)
+    assert m.last_conv[8].weight.shape == (20, 32, 1, 1)
+    x = torch.randn(2, 3, 48, 48)
+    labels = torch.zeros(2, 20)
+    labels[:, 3] = 1
+    out = m(x, x.sigmoid(), labels)
+    assert out["cls"].shape == (2, 20) and out["dec"].shape == (2, 21, 48, 48)
+    b = build_model(net_cfg("resnet18", "bsl", LIGHT_WIDTH=8))
+    assert b.fc8.weight.shape == (20, 64, 1, 1)
+    # torchvision's ResNet-18 at the default width
+    default = build_model(net_cfg("resnet18", "bsl"))
+    assert default.backbone.layer1[0].conv1.weight.shape == (64, 64, 3, 3) and default.fc8.weight.shape[1] == 512
+
+
+def test_width_keys_that_do_not_apply_are_errors():
+    with pytest.raises(UserError, match="NET.LIGHT_WIDTH is 32.*light resnet18 only.*vgg16"):
+        build_model(net_cfg("vgg16", LIGHT_WIDTH=32, FROM_SCRATCH=True))
+    with pytest.raises(UserError, match="NET.HEAD_WIDTH is 64.*CAM baseline"):
+        build_model(net_cfg("resnet18", "bsl", HEAD_WIDTH=64))
+    with pytest.raises(UserError, match="NET.LIGHT_WIDTH is 0"):
+        build_model(net_cfg("resnet18", LIGHT_WIDTH=0))
+    with pytest.raises(UserError, match="NET.HEAD_WIDTH is 0"):
+        build_model(net_cfg("resnet18", HEAD_WIDTH=0))

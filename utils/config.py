@@ -115,6 +115,11 @@ _DEFAULTS = {
         # --- additions ---
         # train the backbone from random initialisation (no ImageNet file needed)
         "FROM_SCRATCH": False,
+        # channels of the single-stage head (ASPP, decoder, GCI): 256 as the original; the skip branch gets 48/256
+        # of them. Smaller heads are for CPU work with the light backbone (the synthetic demo)
+        "HEAD_WIDTH": 256,
+        # channels of the first stage of the light resnet18 (64 as torchvision's; the stages have 1, 2, 4, 8 times)
+        "LIGHT_WIDTH": 64,
     },
     "MASKS": {
         "CRF": {

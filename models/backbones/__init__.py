@@ -5,7 +5,7 @@ from typing import Callable
 
 from models.backbones.base import Backbone
 from models.backbones.resnet38d import ResNet38d
-from models.backbones.resnets import ResNet18d, ResNet50, ResNet101
+from models.backbones.resnets import RESNET18_WIDTH, ResNet18d, ResNet50, ResNet101
 from models.backbones.vgg16d import VGG16d
 from utils.errors import UserError
 
@@ -18,12 +18,18 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
 }
 
 
-def build_backbone(name: str, pretrained: bool = True) -> Backbone:
+def build_backbone(name: str, pretrained: bool = True, light_width: int = RESNET18_WIDTH) -> Backbone:
     """The backbone called ``name`` (NET.BACKBONE), randomly initialised. ``pretrained`` says that ImageNet weights
     will be loaded into it, which makes the model freeze its early layers and BNs; the light resnet18 has no such
-    file and is always trained from scratch."""
+    file and is always trained from scratch. ``light_width`` (NET.LIGHT_WIDTH) sets the light resnet18's width."""
     if name not in BACKBONES:
         raise UserError(f"unknown backbone {name!r} (NET.BACKBONE); valid: {', '.join(BACKBONES)}")
+    if name == "resnet18":
+        return ResNet18d(pretrained=pretrained, width=light_width)
+    if light_width != RESNET18_WIDTH:
+        raise UserError(f"NET.LIGHT_WIDTH is {light_width}, but it sets the width of the light resnet18 only; "
+                        f"NET.BACKBONE {name} has the original's channels: remove the key or set it to "
+                        f"{RESNET18_WIDTH}")
     return BACKBONES[name](pretrained=pretrained)
 
 

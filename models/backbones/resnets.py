@@ -6,6 +6,7 @@ import torch.nn as nn
 import torchvision
 
 from models.backbones.base import Backbone
+from utils.errors import UserError
 
 
 class _TorchvisionResNet(Backbone):
@@ -54,20 +55,26 @@ class ResNet101(_DeepResNet):
 # dilations of layer3 and layer4 that replace their stride 2 (torchvision's replace_stride_with_dilation rule,
 # which torchvision does not implement for BasicBlock): the first conv of a layer keeps the previous dilation
 RESNET18_DILATIONS = ((3, 2), (4, 4))
+RESNET18_WIDTH = 64  # channels of the first stage (torchvision's)
 
 
 class ResNet18d(_TorchvisionResNet):
     """torchvision ResNet-18 with layer3/layer4 dilated (2, 4) instead of strided: output stride 8 like ResNet38,
-    64 channels at stride 4 and 512 at stride 8, about 11 M parameters. There is no ImageNet file for it here: it
-    is trained from scratch (the synthetic demo, CPU tests), so nothing is frozen and its BNs train normally."""
+    ``width`` channels at stride 4 and 8 x ``width`` at stride 8 (64 and 512, about 11 M parameters, with
+    torchvision's width; NET.LIGHT_WIDTH). There is no ImageNet file for it here: it is trained from scratch (the
+    synthetic demo, CPU tests), so nothing is frozen and its BNs train normally."""
 
-    channels = {"conv3": 64, "conv6": 512}
     lr_mult = (1, 1, 1, 1)
     has_init_weights = False
 
-    def __init__(self, pretrained: bool = False):
+    def __init__(self, pretrained: bool = False, width: int = RESNET18_WIDTH):
         super().__init__(pretrained)
+        if width < 1:
+            raise UserError(f"NET.LIGHT_WIDTH is {width}; it must be a positive number of channels")
+        self.channels = {"conv3": width, "conv6": 8 * width}
         net = torchvision.models.resnet18(weights=None)
+        if width != RESNET18_WIDTH:
+            _set_width(net, width)
         previous = 1
         for index, dilation in RESNET18_DILATIONS:
             layer = getattr(net, f"layer{index}")
@@ -80,3 +87,21 @@ class ResNet18d(_TorchvisionResNet):
                     block.downsample[0].stride = (1, 1)
             previous = dilation
         self._adopt(net)
+
+
+def _set_width(net: torchvision.models.ResNet, width: int) -> None:
+    """Rebuild the stem and the four stages of a torchvision ResNet-18 with ``width``, 2, 4 and 8 x ``width``
+    channels, initialised as torchvision initialises them."""
+    block = torchvision.models.resnet.BasicBlock
+    net.inplanes = width
+    net.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    net.bn1 = nn.BatchNorm2d(width)
+    for index in range(1, 5):
+        stage = net._make_layer(block, width * 2 ** (index - 1), 2, stride=1 if index == 1 else 2)
+        setattr(net, f"layer{index}", stage)
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
