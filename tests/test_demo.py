@@ -54,7 +54,10 @@ def test_demo_writes_every_output(demo: Path) -> None:
         assert "cam" in json.loads((out / run / "pseudo_train" / "pseudo.json").read_text())
     report = json.loads((out / "report.json").read_text())
     assert set(report["val_miou_present_classes"]) == {"bsl", "ae", "ae_crf", "sup"}
-    assert set(report["targets"]) == {"single_stage_minus_cam", "single_stage_miou", "pamr_gain_on_train"}
+    assert set(report["targets"]) == {"single_stage_minus_cam", "single_stage_miou", "pamr_gain_on_train",
+                                      "wall_time_s"}
+    wall = report["targets"]["wall_time_s"]
+    assert wall["value"] == report["wall_time_s"] > 0 and wall["reached"] == (wall["value"] <= 600)
     assert report["train_pseudo_labels"]["single_stage_pamr_refined"] >= 0
     for f in ("report.html", "examples.png", "ae/val/confusion.png", "ae/val/iou.png"):
         assert (out / f).stat().st_size > 0, f
