@@ -1,8 +1,8 @@
 """Devices and scale: one process (CPU or one GPU), DataParallel over all visible GPUs as the original, or
 DistributedDataParallel under torchrun.
 
-The original wraps model and criterion in ``nn.DataParallel(...).cuda()`` and splits a batch of TRAIN.BATCH_SIZE
-over the GPUs. Under torchrun every process gets TRAIN.BATCH_SIZE // world_size images, so the effective batch is
+The original wraps model and criterion in ``nn.DataParallel`` on the GPUs and splits a batch of TRAIN.BATCH_SIZE
+over them. Under torchrun every process gets TRAIN.BATCH_SIZE // world_size images, so the effective batch is
 the same; logged losses and validation inputs are reduced across processes, and only rank 0 writes.
 """
 from __future__ import annotations

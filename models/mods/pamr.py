@@ -57,7 +57,8 @@ def _shift(padded: torch.Tensor, pad: int, dy: int, dx: int, h: int, w: int) -> 
 
 def pamr_affinity(image: torch.Tensor, dilations: tuple[int, ...] = DEFAULT_DILATIONS) -> torch.Tensor:
     """Affinities alpha [B, 8*len(D), H, W] (a softmax over the neighbour axis) of the image [B, K, H, W].
-    On CPU one image at a time, for the reason given in ``pamr_propagate``."""
+    On CPU in blocks of as many images as fit CPU_BLOCK_ELEMENTS (at least one), for the reason given in
+    ``pamr_propagate``."""
     if image.device.type == "cpu" and image.shape[0] > 1:
         step = _images_per_block(image[0].numel())
         return torch.cat([_affinity(image[i:i + step], dilations) for i in range(0, image.shape[0], step)])
@@ -98,18 +99,18 @@ def pamr_propagate(mask: torch.Tensor, alpha: torch.Tensor, dilations: tuple[int
     On CPU the mask is refined in blocks of one image and a few channels (or of a few whole images when they are
     small), each block's operations below torch's parallelisation grain: they run in one thread from the cache,
     and never wait on the other threads of the machine (each of the ~500 small operations per block would be a
-    thread barrier otherwise, which costs far more than the arithmetic when cores are shared). On accelerators the whole batch goes at once, where fewer
-    launches count.
+    thread barrier otherwise, which costs far more than the arithmetic when cores are shared). On accelerators the
+    whole batch goes at once, where fewer launches count.
     """
     b, c, h, w = mask.shape
-    if mask.device.type == "cpu" and c * h * w <= CPU_BLOCK_ELEMENTS:  # small masks: whole images together
+    if mask.device.type != "cpu":
+        blocks = [(slice(None), slice(None))]
+    elif c * h * w <= CPU_BLOCK_ELEMENTS:  # small masks: whole images together
         step = _images_per_block(c * h * w)
         blocks = [(slice(i, i + step), slice(None)) for i in range(0, b, step)]
-    elif mask.device.type == "cpu":
+    else:
         group = max(1, CPU_BLOCK_ELEMENTS // (h * w))
         blocks = [(i, slice(k, k + group)) for i in range(b) for k in range(0, c, group)]
-    else:
-        blocks = [(slice(None), slice(None))]
     offsets = neighbour_offsets(dilations)
     pad = max(dilations)
     out = torch.empty_like(mask)
