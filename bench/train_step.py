@@ -10,8 +10,9 @@ For each configuration the step of our model is timed next to the same model wit
 both take further steps in turns, and the ratio of the median step times is reported. Also: images/s, peak memory
 per image (CPU: the rise of the peak resident set over the step; GPU: torch.cuda.max_memory_allocated), the step's
 FLOPs (torch.utils.flop_counter) and the fraction of the machine's measured fp32 matmul rate they achieve.
-Backbones are built from scratch (no ImageNet files needed); the step's cost does not depend on the weights. Both variants must give the same loss on the first step (float tolerance), which the
-bench checks. "of peak" is relative to the fp32 matmul rate (with AMP the tensor cores exceed it).
+Backbones are built from scratch (no ImageNet files needed); the step's cost does not depend on the weights. Both
+variants must give the same loss on the first step (float tolerance), which the bench checks. "of peak" is relative
+to the fp32 matmul rate (with AMP the tensor cores exceed it).
 """
 from __future__ import annotations
 
