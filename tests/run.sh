@@ -3,7 +3,7 @@
 # (e.g. `bash tests/run.sh -m slow` for the opt-in full-size tests).
 set -eo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-source tools/setup_env.sh
+SETUP_DEV=1 source tools/setup_env.sh
 # the demo-report test renders the page in headless Chromium (Debian's package)
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "[setup] installing chromium for the report test" >&2
