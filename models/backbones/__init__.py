@@ -1,9 +1,11 @@
-"""Backbones by name (SPEC 4): the original's four and the light ResNet-18 for CPU work."""
+"""Backbones by name (SPEC 4): the original's four, the light ResNet-18 and the ImageNet-pretrained
+EfficientNet-Lite0/1/2 for CPU work."""
 from __future__ import annotations
 
 from typing import Callable
 
 from models.backbones.base import Backbone
+from models.backbones.efficientnet import EfficientNetLite0, EfficientNetLite1, EfficientNetLite2
 from models.backbones.resnet38d import ResNet38d
 from models.backbones.resnets import RESNET18_WIDTH, ResNet18d, ResNet50, ResNet101
 from models.backbones.vgg16d import VGG16d
@@ -15,6 +17,9 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
     "resnet50": ResNet50,
     "resnet101": ResNet101,
     "resnet18": ResNet18d,
+    "efficientnet_lite0": EfficientNetLite0,
+    "efficientnet_lite1": EfficientNetLite1,
+    "efficientnet_lite2": EfficientNetLite2,
 }
 
 

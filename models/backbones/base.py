@@ -1,6 +1,7 @@
 """The contract every backbone keeps, so that the heads never depend on a particular network."""
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 
@@ -26,3 +27,7 @@ class Backbone(nn.Module):
     def frozen_layers(self) -> list[nn.Module]:
         """Layers whose weights stay at their ImageNet values (SPEC 4.2-4.4); the model freezes them."""
         return []
+
+    def convert_init_weights(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The ImageNet file's tensors under this backbone's keys (the original's files already use them)."""
+        return state
