@@ -128,18 +128,25 @@ def check_train_cfg(cfg: AttrDict) -> list[str]:
     if cfg.TRAIN.SNAPSHOT_SCORE not in SNAPSHOT_SCORES:
         problems.append(f"config key TRAIN.SNAPSHOT_SCORE is {cfg.TRAIN.SNAPSHOT_SCORE!r}; use 'loss' (1 - mean "
                         "validation loss, the original's) or 'miou' (mIoU of the validation's final prediction)")
+    if cfg.DATASET.MASK_DIR and not cfg.TRAIN.FULLY_SUPERVISED:
+        problems.append(f"config key DATASET.MASK_DIR ({cfg.DATASET.MASK_DIR}) gives masks to train on, which only "
+                        "TRAIN.FULLY_SUPERVISED True uses; set it, or set DATASET.MASK_DIR ''")
     return problems
 
 
 def check_data(cfg: AttrDict) -> list[str]:
-    """Every problem of the training lists and the files they name (decodes each image and mask once)."""
-    from datasets.checks import check_file_list
+    """Every problem of the training lists and the files they name (decodes each image and mask once), and of the
+    masks of DATASET.MASK_DIR."""
+    from datasets.checks import check_file_list, check_mask_dir
 
     keys = ["TRAIN_LIST", "VAL_LIST"] + (["TRAIN_VOC_LIST"] if cfg.TRAIN.VAL_TRAIN_VOC else [])
     problems = []
     for key in keys:
         problems += check_file_list(os.path.join(cfg.DATASET.ROOT, cfg.DATASET[key]), cfg.DATASET.ROOT,
                                     need_masks=True)
+    if cfg.DATASET.MASK_DIR:
+        problems += check_mask_dir(os.path.join(cfg.DATASET.ROOT, cfg.DATASET.TRAIN_LIST), cfg.DATASET.ROOT,
+                                   cfg.DATASET.MASK_DIR)
     return problems
 
 
@@ -277,9 +284,10 @@ def build_optimizer(net_cfg: AttrDict, groups: list[dict]) -> torch.optim.Optimi
 def make_loader(cfg: AttrDict, split: str, ctx: DistContext, seed: int, workers: int,
                 augment: bool) -> tuple[DataLoader, EpochSampler]:
     """Loader of one split and its sampler (train: shuffled, drop_last; train_voc/val: in list order, with their
-    GT masks, which score the masks)."""
+    GT masks, which score the masks; the training split's masks come from DATASET.MASK_DIR when it is set)."""
     train = split == "train"
-    dataset = VOCSegmentation(cfg, split, augment=augment, with_mask=cfg.TRAIN.FULLY_SUPERVISED or not train)
+    dataset = VOCSegmentation(cfg, split, augment=augment, with_mask=cfg.TRAIN.FULLY_SUPERVISED or not train,
+                              mask_dir=cfg.DATASET.MASK_DIR if train else "")
     batch = cfg.TRAIN.BATCH_SIZE
     if train and len(dataset) < batch:
         raise UserError(f"split {split} ({dataset.list_path}) has {len(dataset)} images, fewer than the batch size "
@@ -348,9 +356,9 @@ def forward_losses(net: nn.Module, criterion: Callable, image: torch.Tensor, lab
     """Forward a batch; (loss to minimise, logged values, model outputs).
 
     image [B,3,S,S] normalised, labels [B,20]. The mask loss joins from epoch TRAIN.PRETRAIN on (SPEC 5.12); it is
-    computed and logged before that too. With TRAIN.FULLY_SUPERVISED, ``gt_mask`` [B,S,S] (255 = ignore) replaces
-    the pseudo labels: plain cross-entropy of the upsampled logits from the first epoch (a reference, not the
-    paper's method).
+    computed and logged before that too. With TRAIN.FULLY_SUPERVISED, ``gt_mask`` [B,S,S] (255 = ignore; GT masks or
+    those of DATASET.MASK_DIR) replaces the pseudo labels: plain cross-entropy of the upsampled logits from the
+    first epoch (a reference, or a second stage trained on exported pseudo labels; not the paper's method).
     """
     image_raw = denorm(image)  # [B,3,S,S] RGB in [0,1]
     amp = AMP_DTYPES.get(cfg.TRAIN.AMP)
@@ -361,7 +369,10 @@ def forward_losses(net: nn.Module, criterion: Callable, image: torch.Tensor, lab
     loss = loss_cls
     if gt_mask is not None:
         logits = F.interpolate(out["logits"].float(), size=gt_mask.shape[-2:], mode="bilinear", align_corners=True)
-        logs["loss_mask"] = F.cross_entropy(logits, gt_mask, ignore_index=IGNORE_INDEX)
+        if bool((gt_mask != IGNORE_INDEX).any()):
+            logs["loss_mask"] = F.cross_entropy(logits, gt_mask, ignore_index=IGNORE_INDEX)
+        else:  # a batch without a labelled pixel (pseudo labels may leave whole crops 255): no mask loss, not NaN
+            logs["loss_mask"] = logits.sum() * 0.0
         loss = loss + cfg.NET.MASK_LOSS_BCE * logs["loss_mask"]
     elif "loss_mask" in out:
         logs["loss_mask"] = out["loss_mask"].float().mean()

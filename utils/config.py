@@ -99,6 +99,9 @@ _DEFAULTS = {
         "TRAIN_LIST": "train_augvoc.txt",
         "TRAIN_VOC_LIST": "train_voc.txt",
         "VAL_LIST": "val_voc.txt",
+        # with TRAIN.FULLY_SUPERVISED: a folder of class-index PNGs <image id>.png (e.g. pseudo labels written by
+        # infer_val.py) that replace the GT masks of the training list as targets; 255 is ignored. "" = GT masks
+        "MASK_DIR": "",
     },
     "NET": {
         "MODEL": "vgg16",
