@@ -10,7 +10,9 @@ checkpoint score 1 - mean validation loss from epoch PRETRAIN on, a snapshot whe
 rates; the console lines and TensorBoard tags. Added: --random-seed seeds everything (seed + rank) before the model
 is built; every sample's augmentation comes from (seed, epoch, position), so runs repeat exactly and resume
 exactly (also mid-epoch); SIGINT/SIGTERM save a resumable snapshot; a non-finite loss stops the run; torchrun/DDP,
-mixed precision, channels_last and torch.compile behind config keys.
+mixed precision, channels_last and torch.compile behind config keys; every validation also scores the masks
+against the GT masks (TensorBoard masks/*, TRAIN.SNAPSHOT_SCORE miou selects snapshots by it); an ETA line after
+each epoch; TRAIN.LOG_ITER_LOSSES; DATASET.MASK_DIR (fully supervised training on other masks).
 """
 from __future__ import annotations
 
