@@ -10,11 +10,14 @@ checkpoint score 1 - mean validation loss from epoch PRETRAIN on, a snapshot whe
 rates; the console lines and TensorBoard tags. Added: --random-seed seeds everything (seed + rank) before the model
 is built; every sample's augmentation comes from (seed, epoch, position), so runs repeat exactly and resume
 exactly (also mid-epoch); SIGINT/SIGTERM save a resumable snapshot; a non-finite loss stops the run; torchrun/DDP,
-mixed precision, channels_last and torch.compile behind config keys.
+mixed precision, channels_last and torch.compile behind config keys; every validation also scores the masks
+against the GT masks (TensorBoard masks/*, TRAIN.SNAPSHOT_SCORE miou selects snapshots by it); an ETA line after
+each epoch; TRAIN.LOG_ITER_LOSSES; DATASET.MASK_DIR (fully supervised training on other masks).
 """
 from __future__ import annotations
 
 import contextlib
+import datetime
 import math
 import os
 import random
@@ -43,6 +46,8 @@ from utils.dist import (DistContext, EpochSampler, SeededSamples, all_gather_obj
                         broadcast_object, init_distributed, per_rank_batch, shutdown, worker_init, wrap_model)
 from utils.errors import UserError, run_main
 from utils.fileio import check_writable_dir, save_torch, write_text
+from utils.inference_tools import label_maps
+from utils.metrics import MaskScores
 from utils.opts import get_arg_parser, resolve_dirs, select_device, set_seed
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -52,6 +57,9 @@ MODELS = ("ae", "bsl")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 INITIAL_BEST = -1e16  # the original's best_score before any checkpoint
 ON_CORRUPT = ("stop", "skip")  # TRAIN.ON_CORRUPT: a corrupt image stops the run, or is left out
+SNAPSHOT_SCORES = ("loss", "miou")  # TRAIN.SNAPSHOT_SCORE: 1 - mean validation loss (the original's), or mIoU
+SCORED_PRED = "miou_pred"  # the mask score TRAIN.SNAPSHOT_SCORE "miou" selects by: the final prediction's mIoU
+MASK_NAMES = {"cam": "raw masks", "dec": "PAMR-refined masks", "pseudo": "pseudo labels", "pred": "prediction"}
 
 
 class Interrupted(Exception):
@@ -119,18 +127,28 @@ def check_train_cfg(cfg: AttrDict) -> list[str]:
     if cfg.TRAIN.ON_CORRUPT not in ON_CORRUPT:
         problems.append(f"config key TRAIN.ON_CORRUPT is {cfg.TRAIN.ON_CORRUPT!r}; use 'stop' (a corrupt image "
                         "stops the run) or 'skip' (it is left out with a warning)")
+    if cfg.TRAIN.SNAPSHOT_SCORE not in SNAPSHOT_SCORES:
+        problems.append(f"config key TRAIN.SNAPSHOT_SCORE is {cfg.TRAIN.SNAPSHOT_SCORE!r}; use 'loss' (1 - mean "
+                        "validation loss, the original's) or 'miou' (mIoU of the validation's final prediction)")
+    if cfg.DATASET.MASK_DIR and not cfg.TRAIN.FULLY_SUPERVISED:
+        problems.append(f"config key DATASET.MASK_DIR ({cfg.DATASET.MASK_DIR}) gives masks to train on, which only "
+                        "TRAIN.FULLY_SUPERVISED True uses; set it, or set DATASET.MASK_DIR ''")
     return problems
 
 
 def check_data(cfg: AttrDict) -> list[str]:
-    """Every problem of the training lists and the files they name (decodes each image and mask once)."""
-    from datasets.checks import check_file_list
+    """Every problem of the training lists and the files they name (decodes each image and mask once), and of the
+    masks of DATASET.MASK_DIR."""
+    from datasets.checks import check_file_list, check_mask_dir
 
     keys = ["TRAIN_LIST", "VAL_LIST"] + (["TRAIN_VOC_LIST"] if cfg.TRAIN.VAL_TRAIN_VOC else [])
     problems = []
     for key in keys:
         problems += check_file_list(os.path.join(cfg.DATASET.ROOT, cfg.DATASET[key]), cfg.DATASET.ROOT,
                                     need_masks=True)
+    if cfg.DATASET.MASK_DIR:
+        problems += check_mask_dir(os.path.join(cfg.DATASET.ROOT, cfg.DATASET.TRAIN_LIST), cfg.DATASET.ROOT,
+                                   cfg.DATASET.MASK_DIR)
     return problems
 
 
@@ -267,10 +285,12 @@ def build_optimizer(net_cfg: AttrDict, groups: list[dict]) -> torch.optim.Optimi
 
 def make_loader(cfg: AttrDict, split: str, ctx: DistContext, seed: int, workers: int,
                 augment: bool) -> tuple[DataLoader, EpochSampler]:
-    """Loader of one split and its sampler (train: shuffled, drop_last; train_voc/val: in list order)."""
-    dataset = VOCSegmentation(cfg, split, augment=augment, with_mask=cfg.TRAIN.FULLY_SUPERVISED)
-    batch = cfg.TRAIN.BATCH_SIZE
+    """Loader of one split and its sampler (train: shuffled, drop_last; train_voc/val: in list order, with their
+    GT masks, which score the masks; the training split's masks come from DATASET.MASK_DIR when it is set)."""
     train = split == "train"
+    dataset = VOCSegmentation(cfg, split, augment=augment, with_mask=cfg.TRAIN.FULLY_SUPERVISED or not train,
+                              mask_dir=cfg.DATASET.MASK_DIR if train else "")
+    batch = cfg.TRAIN.BATCH_SIZE
     if train and len(dataset) < batch:
         raise UserError(f"split {split} ({dataset.list_path}) has {len(dataset)} images, fewer than the batch size "
                         f"{batch}, so no batch would be left; lower TRAIN.BATCH_SIZE or add images")
@@ -338,9 +358,9 @@ def forward_losses(net: nn.Module, criterion: Callable, image: torch.Tensor, lab
     """Forward a batch; (loss to minimise, logged values, model outputs).
 
     image [B,3,S,S] normalised, labels [B,20]. The mask loss joins from epoch TRAIN.PRETRAIN on (SPEC 5.12); it is
-    computed and logged before that too. With TRAIN.FULLY_SUPERVISED, ``gt_mask`` [B,S,S] (255 = ignore) replaces
-    the pseudo labels: plain cross-entropy of the upsampled logits from the first epoch (a reference, not the
-    paper's method).
+    computed and logged before that too. With TRAIN.FULLY_SUPERVISED, ``gt_mask`` [B,S,S] (255 = ignore; GT masks or
+    those of DATASET.MASK_DIR) replaces the pseudo labels: plain cross-entropy of the upsampled logits from the
+    first epoch (a reference, or a second stage trained on exported pseudo labels; not the paper's method).
     """
     image_raw = denorm(image)  # [B,3,S,S] RGB in [0,1]
     amp = AMP_DTYPES.get(cfg.TRAIN.AMP)
@@ -351,7 +371,10 @@ def forward_losses(net: nn.Module, criterion: Callable, image: torch.Tensor, lab
     loss = loss_cls
     if gt_mask is not None:
         logits = F.interpolate(out["logits"].float(), size=gt_mask.shape[-2:], mode="bilinear", align_corners=True)
-        logs["loss_mask"] = F.cross_entropy(logits, gt_mask, ignore_index=IGNORE_INDEX)
+        if bool((gt_mask != IGNORE_INDEX).any()):
+            logs["loss_mask"] = F.cross_entropy(logits, gt_mask, ignore_index=IGNORE_INDEX)
+        else:  # a batch without a labelled pixel (pseudo labels may leave whole crops 255): no mask loss, not NaN
+            logs["loss_mask"] = logits.sum() * 0.0
         loss = loss + cfg.NET.MASK_LOSS_BCE * logs["loss_mask"]
     elif "loss_mask" in out:
         logs["loss_mask"] = out["loss_mask"].float().mean()
@@ -384,6 +407,29 @@ def train_iteration(net: nn.Module, criterion: Callable, optimizer: torch.optim.
     scaler.step(optimizer)
     scaler.update()
     return means, values[-1].item() > 0
+
+
+def eta_line(elapsed: float, done: int, remaining: int) -> str:
+    """When the run will end: the seconds per training iteration so far (validations included, so the epochs to
+    come are charged theirs) times the iterations left."""
+    if done <= 0:
+        return f"ETA: unknown ({remaining} iterations left)"
+    left = elapsed / done * remaining
+    finish = time.strftime("%Y-%m-%d %H:%M", time.localtime(time.time() + left))
+    return f"ETA: {datetime.timedelta(seconds=round(left))} ({remaining} iterations left, done about {finish})"
+
+
+def log_mask_scores(writer: Any, scores: dict[str, float], epoch: int) -> None:
+    """The masks' scores of a validation (``MaskScores.summary``) as TensorBoard scalars ``masks/<key>`` and console
+    lines after the original's: mIoU over the classes present and over all 21 classes, in %."""
+    for k, v in scores.items():
+        writer.add_scalar(f"masks/{k}", v, epoch)
+    for kind, name in MASK_NAMES.items():
+        if f"miou_{kind}" in scores:
+            print("mIoU {}: {:.2f} (classes present), {:.2f} (all {} classes)".format(
+                name, 100 * scores[f"miou_{kind}"], 100 * scores[f"miou21_{kind}"], NUM_CLASSES))
+    if "pseudo_coverage" in scores:
+        print("pseudo labels label {:.1f}% of the GT pixels".format(100 * scores["pseudo_coverage"]))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -477,6 +523,8 @@ class Trainer:
         sampler.set_epoch(epoch)
         batches: list[tuple[int, dict[str, float], int]] = []
         scores, targets = [], []
+        masks = MaskScores(NUM_CLASSES)
+        test = self.cfg.TEST
         with torch.no_grad():
             for b, batch in enumerate(loader):
                 if batch is None:
@@ -488,11 +536,14 @@ class Trainer:
                 batches.append((b, {k: v.item() * n for k, v in logs.items()}, n))
                 scores.append(torch.sigmoid(out["cls"].float()).cpu())
                 targets.append(labels.cpu())
+                # the masks against the GT masks of the (validation-transformed) images
+                masks.update(label_maps(out, test.FP_CUT_SCORE, test.BG_POW,
+                                        labels if test.USE_GT_LABELS else None), batch[3])
         parts = all_gather_objects((batches, torch.cat(scores) if scores else None,
-                                    torch.cat(targets) if targets else None), self.ctx)
+                                    torch.cat(targets) if targets else None, masks), self.ctx)
         # per global batch: its mean loss (the shards of one batch have the same index on every process)
         merged: dict[int, tuple[dict[str, float], int]] = {}
-        for part_batches, _, _ in parts:
+        for part_batches, _, _, _ in parts:
             for b, sums, n in part_batches:
                 acc, m = merged.get(b, ({}, 0))
                 merged[b] = ({k: acc.get(k, 0.0) + v for k, v in sums.items()}, m + n)
@@ -505,6 +556,9 @@ class Trainer:
         ap = np.full(NUM_FG, np.nan)
         if present.any():
             ap[present] = average_precision_score(y_true[:, present], y_score[:, present], average=None)
+        for p in parts[1:]:
+            masks.merge(p[3])
+        mask_scores = masks.summary()
         if self.ctx.is_main:
             writer = self.writers[writer_key]
             for k in range(NUM_FG):
@@ -522,8 +576,9 @@ class Trainer:
             for k, v in means.items():
                 writer.add_scalar(f"all/{k}", v, epoch)
                 print("{}: {:4.3f}".format(k, v))
+            log_mask_scores(writer, mask_scores, epoch)
         if checkpoint and epoch >= self.cfg.TRAIN.PRETRAIN:
-            score = 1.0 - means["loss"]
+            score = 1.0 - means["loss"] if self.cfg.TRAIN.SNAPSHOT_SCORE == "loss" else mask_scores.get(SCORED_PRED, 0.0)
             if self.ctx.is_main:
                 self.writers[writer_key].add_scalar("all/checkpoint_score", score, epoch)
             if score > self.best_score:
@@ -533,10 +588,11 @@ class Trainer:
                 # validation of this epoch is done: a resume continues with its training
                 if not self.save(suffix, self.state(epoch, "train", 0)):
                     self.print(f"Snapshot {suffix} exists already; it is kept as it is")
-        return means
+        return {**means, **mask_scores}
 
     # --- training (SPEC 7.3) ---
-    def train_epoch(self, epoch: int, loader: DataLoader, sampler: EpochSampler, start: int) -> None:
+    def train_epoch(self, epoch: int, loader: DataLoader, sampler: EpochSampler, start: int) -> int:
+        """Iterations ``start``.. of the epoch; returns the epoch's length in iterations."""
         cfg, ctx = self.cfg, self.ctx
         self.model.train()
         sampler.set_epoch(epoch)
@@ -570,6 +626,9 @@ class Trainer:
                 stop = stop or (not ctx.distributed and self.stop.signum is not None)
                 for k, v in means.items():
                     self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v
+                if cfg.TRAIN.LOG_ITER_LOSSES and ctx.is_main:
+                    for k, v in means.items():
+                        self.writers["train"].add_scalar(f"train_iter/{k}", v, epoch * total + i)
                 self.epoch_sums["_n"] = self.epoch_sums.get("_n", 0.0) + 1
                 images += cfg.TRAIN.BATCH_SIZE
                 rate = images / max(time.time() - t0, 1e-9)
@@ -599,6 +658,7 @@ class Trainer:
                 writer.add_scalar("lr/enc_group_%02d" % g, group["lr"], epoch)
             for k, v in epoch_means.items():
                 writer.add_scalar(f"train_epoch/{k}", v, epoch)
+        return total
 
     def visualise(self, epoch: int, fixed: dict[str, torch.Tensor]) -> None:
         """The ``visualisation`` image of the fixed batch, in eval mode (SPEC 7.6)."""
@@ -620,6 +680,7 @@ class Trainer:
             fixed: dict[str, torch.Tensor] | None) -> None:
         cfg = self.cfg
         phase, start_iter = self.position
+        started, iterations = time.time(), 0
         for epoch in range(start_epoch, cfg.TRAIN.NUM_EPOCHS + 1):
             self.print("Epoch >>> {}".format(epoch))
             if phase == "val" and epoch % cfg.TRAIN.VAL_EVERY == 0:
@@ -633,8 +694,11 @@ class Trainer:
                 self.print("Validation /   Val: {:.2g}m".format((time.time() - t) / 60))
                 self.check_stop(epoch, "train", 0)
             t = time.time()
-            self.train_epoch(epoch, *loaders["train"], start=start_iter)
+            total = self.train_epoch(epoch, *loaders["train"], start=start_iter)
             self.print("Train epoch: {:.2g}m".format((time.time() - t) / 60))
+            iterations += max(total - start_iter, 0)
+            if epoch < cfg.TRAIN.NUM_EPOCHS:
+                self.print(eta_line(time.time() - started, iterations, (cfg.TRAIN.NUM_EPOCHS - epoch) * total))
             if fixed is not None and self.ctx.is_main:
                 self.visualise(epoch, fixed)
             phase, start_iter = "val", 0

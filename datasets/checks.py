@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
-from datasets.filelists import IMAGE_ERRORS, load_image, mask_labels, parse_file_list
+from datasets.filelists import IMAGE_ERRORS, check_mask_values, image_id, load_image, mask_labels, parse_file_list
 from utils.errors import UserError
 
 CHECK_THREADS = 4  # PIL decodes without the GIL, so threads overlap the decoding of several files
@@ -78,4 +78,54 @@ def check_file_list(list_path: str, root: str, need_masks: bool, limit: int = 20
                 problems.extend(found)
             if len(problems) >= limit:
                 return problems[:limit] + [f"stopped after {limit} problems in {list_path}; fix these and check again"]
+    return problems
+
+
+def _check_replacement(n: int, image_path: str, mask_dir: str, list_path: str) -> list[str]:
+    """Problems of the replacement mask of the list entry on line ``n`` (the image itself is checked with the list)."""
+    mask_path = os.path.join(mask_dir, image_id(image_path) + ".png")
+    where = f"for {image_path}, file list {list_path} line {n}"
+    if not os.path.isfile(mask_path):
+        return [f"{mask_path} not found ({where}); write masks for the whole list into DATASET.MASK_DIR "
+                "(infer_val.py --mask-output-dir) or remove the line"]
+    try:
+        with Image.open(mask_path) as m:
+            m.load()
+            mode, mask = m.mode, np.asarray(m)
+        check_mask_values(mask)
+    except IMAGE_ERRORS as e:
+        return [f"{mask_path} is not a mask of class indices ({e}) ({where}); write it again"]
+    if mode not in ("P", "L"):
+        return [f"{mask_path} is a mode-{mode} image ({where}); masks are palette or greyscale PNGs of class indices"]
+    try:
+        with Image.open(image_path) as img:
+            size = img.size
+    except (FileNotFoundError, *IMAGE_ERRORS):
+        return []  # reported by the list check
+    if size != (mask.shape[1], mask.shape[0]):
+        return [f"{mask_path} is {mask.shape[1]}x{mask.shape[0]} but {image_path} is {size[0]}x{size[1]} ({where}); "
+                "they must have the same size"]
+    return []
+
+
+def check_mask_dir(list_path: str, root: str, mask_dir: str, limit: int = 20) -> list[str]:
+    """Every problem of the masks ``<mask_dir>/<image id>.png`` that replace the masks of a file list
+    (DATASET.MASK_DIR): one per listed image, a readable palette/grey PNG of values 0..20 and 255, of the image's
+    size."""
+    if not os.path.isdir(mask_dir):
+        return [f"DATASET.MASK_DIR {mask_dir} is not a directory; give the folder of class-index PNGs "
+                "(e.g. the --mask-output-dir of infer_val.py on the training list), or '' for the GT masks"]
+    try:
+        entries = parse_file_list(list_path, root, need_masks=True)
+    except UserError:
+        return []  # reported by the list check
+    problems: list[str] = []
+    chunk = max(limit, 64)
+    with ThreadPoolExecutor(CHECK_THREADS) as pool:
+        for start in range(0, len(entries), chunk):
+            for found in pool.map(lambda e: _check_replacement(e[0], e[1], mask_dir, list_path),
+                                  entries[start:start + chunk]):
+                problems.extend(found)
+            if len(problems) >= limit:
+                return problems[:limit] + [f"stopped after {limit} problems in {mask_dir}; fix these and check again"]
     return problems

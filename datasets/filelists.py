@@ -103,12 +103,17 @@ def load_mask(path: str) -> Image.Image:
         return Image.fromarray(np.asarray(img), "L")
 
 
-def mask_labels(mask: np.ndarray) -> np.ndarray:
-    """Image-level labels [20] of a mask (SPEC 3.3), checking the values; ValueError names the problem."""
+def check_mask_values(mask: np.ndarray) -> None:
+    """ValueError naming the values of a class-index mask outside 0..20 and 255."""
     values = np.unique(mask)
     bad = values[(values >= NUM_CLASSES) & (values != IGNORE_INDEX)]
     if len(bad):
         raise ValueError(f"values {bad.tolist()[:5]} outside 0..{NUM_CLASSES - 1} and {IGNORE_INDEX}")
+
+
+def mask_labels(mask: np.ndarray) -> np.ndarray:
+    """Image-level labels [20] of a mask (SPEC 3.3), checking the values; ValueError names the problem."""
+    check_mask_values(mask)
     labels = labels_from_mask(mask)
     if not labels.any():
         raise ValueError("no foreground class (an image-level label needs at least one)")

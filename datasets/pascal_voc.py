@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.dataloader import default_collate
 
 # read_file_list is part of this module's interface (the other entry points import it from here)
-from datasets.filelists import IMAGE_ERRORS, image_id, load_image, load_mask, mask_labels, read_file_list
+from datasets.filelists import (IMAGE_ERRORS, check_mask_values, image_id, load_image, load_mask, mask_labels,
+                                read_file_list)
 from datasets.transforms import build_transform
 from utils.errors import UserError
 from utils.opts import seed_worker as default_seed_worker
@@ -32,13 +33,15 @@ class VOCSegmentation(Dataset):
     ``split`` is "train" (train_augvoc), "train_voc" or "val"; the list is ``cfg.DATASET.<split list>`` under
     ``cfg.DATASET.ROOT``. ``augment`` selects the random training transform (the original uses it for every split)
     or the deterministic resize. ``with_mask`` appends the transformed mask [S,S] int64 (255 = ignore), for a fully
-    supervised reference run; the weakly supervised model never sees it.
+    supervised run and for scoring the validation's masks; the weakly supervised model never learns from it.
+    ``mask_dir`` names a folder of class-index PNGs ``<image id>.png`` (e.g. pseudo labels) that replace the list's
+    masks as that mask; the image labels still come from the list's masks.
     """
 
-    def __init__(self, cfg, split: str, augment: bool = True, with_mask: bool = False):
+    def __init__(self, cfg, split: str, augment: bool = True, with_mask: bool = False, mask_dir: str = ""):
         if split not in SPLIT_LISTS:
             raise ValueError(f"split {split!r}: expected one of {', '.join(SPLIT_LISTS)}")
-        self.split, self.with_mask = split, with_mask
+        self.split, self.with_mask, self.mask_dir = split, with_mask, mask_dir
         self.root = cfg.DATASET.ROOT
         self.list_path = os.path.join(self.root, cfg.DATASET[SPLIT_LISTS[split]])
         self.items = read_file_list(self.list_path, self.root, need_masks=True)
@@ -70,6 +73,14 @@ class VOCSegmentation(Dataset):
         except IMAGE_ERRORS as e:
             self._bad(mask_path, f"bad mask: {e}")
             return None
+        if self.mask_dir:
+            mask_path = os.path.join(self.mask_dir, image_id(image_path) + ".png")
+            try:
+                mask = load_mask(mask_path)
+                check_mask_values(np.asarray(mask))
+            except IMAGE_ERRORS as e:
+                self._bad(mask_path, f"bad mask: {e}")
+                return None
         if image.size != mask.size:
             self._bad(image_path, f"image is {image.size[0]}x{image.size[1]} but its mask {mask_path} is "
                                   f"{mask.size[0]}x{mask.size[1]}")

@@ -209,7 +209,8 @@ class SingleStageNet(_BackboneHead):
 class CAMNet(_BackboneHead):
     """The CAM baseline "bsl": a 1x1 classifier ``fc8`` over the deepest features; global average pooling gives
     the class scores, the ReLU class maps normalised by their maximum give the masks, with a constant background
-    score. Test mode returns {"cls", "masks" [B,21,H,W]}; otherwise {"cls", "cls_fg", "cam" (cleaned masks)}.
+    score. Test mode returns {"cls", "masks" [B,21,H,W]}; otherwise {"cls", "cls_fg", "cam" (cleaned masks), "masks"
+    (the same uncleaned masks, for the validation's final prediction)}.
     Unlike the original, inference works (the original's forward needs a dummy second argument)."""
 
     def __init__(self, backbone: Backbone, num_classes: int = 21, bg_score: float = 0.1):
@@ -238,4 +239,4 @@ class CAMNet(_BackboneHead):
                 return {"cls": cls, "masks": masks}
             labels = labels.float()
             return {"cls": cls, "cls_fg": foreground_coverage(masks, labels),
-                    "cam": rescale_and_clean(masks, labels, size)}
+                    "cam": rescale_and_clean(masks, labels, size), "masks": masks}

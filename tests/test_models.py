@@ -16,6 +16,7 @@ from models.backbones import BACKBONES, build_backbone
 from models.stage_net import CAMNet, SingleStageNet
 from utils.config import get_cfg_defaults
 from utils.errors import UserError
+from utils.inference_tools import forward_masks
 
 SIZE = 64
 BATCH = 2
@@ -106,6 +107,8 @@ def test_test_mode_and_validation(net):
     assert {k: tuple(v.shape) for k, v in out.items()} == {"cls": (BATCH, 20), "masks": (BATCH, 21, SIZE, SIZE)}
     assert torch.isfinite(out["masks"]).all() and torch.isfinite(out["cls"]).all()
     assert torch.equal(out["masks"], again["masks"])  # eval: no dropout, the gate's fixed mix
+    # the validation's final prediction starts from the test-mode masks, taken from the training-mode outputs
+    assert torch.allclose(forward_masks(val, (SIZE, SIZE)), out["masks"], atol=1e-6)
     if model == "ae":
         assert torch.allclose(out["masks"].sum(1), torch.ones(BATCH, SIZE, SIZE), atol=1e-5)  # softmax
         assert torch.allclose(val["cls"], out["cls"])
@@ -129,6 +132,8 @@ def test_training_step(net):
     if model == "ae":
         shapes.update({"dec": (BATCH, 21, SIZE, SIZE), "logits": (BATCH, 21, h, h),
                        "pseudo": (BATCH, 21, SIZE, SIZE), "loss_mask": (BATCH,)})
+    else:
+        shapes["masks"] = (BATCH, 21, SIZE, SIZE)  # uncleaned, for the validation's final prediction
     assert {k: tuple(v.shape) for k, v in out.items()} == shapes
     assert all(torch.isfinite(v).all() for v in out.values())
     assert all(v.dtype == torch.float32 for v in out.values())

@@ -31,7 +31,8 @@ def _assert_same_from(found: dict, ref: dict, first_epoch: int) -> None:
     compared = 0
     for tag, values in ref.items():
         for step, value in values.items():
-            if step == first_epoch and step not in found.get(tag, {}) and tag.split("/")[1] in ("all", "all_wo_BG") \
+            validation_tag = tag.split("/")[1] in ("all", "all_wo_BG", "masks")
+            if step == first_epoch and step not in found.get(tag, {}) and validation_tag \
                     or step == first_epoch and tag.endswith("/AP"):
                 continue  # the validation of the resumed epoch happened before its snapshot
             if step >= first_epoch:

@@ -5,6 +5,7 @@ import io
 import math
 import os
 import subprocess
+import sys
 
 import pytest
 from PIL import Image
@@ -134,3 +135,64 @@ def test_resume_of_a_missing_snapshot_is_an_error(synthetic_root, tmp_path):
     assert r.returncode == 2 and "model_enc_e004Xs0.900.pth not found" in r.stderr and "Traceback" not in r.stderr
     r = run_train(train_args(synthetic_root, str(tmp_path), "m", extra=["--resume", "last"]))
     assert r.returncode == 2 and "no complete snapshot" in r.stderr and "Traceback" not in r.stderr
+
+
+MASK_TAGS = ["masks/miou_cam", "masks/miou21_cam", "masks/miou_dec", "masks/miou21_dec", "masks/miou_pred",
+             "masks/miou21_pred", "masks/pseudo_coverage"]
+
+
+def test_every_validation_scores_the_masks_and_the_log_has_an_eta(ae_run):
+    """By default: the masks' mIoU in both writers at every validation, console lines after the original's, an ETA
+    after every epoch but the last; snapshots still by 1 - validation loss and no per-iteration scalars."""
+    out, r = ae_run
+    found = scalars(out, "ae")
+    for tag in MASK_TAGS:
+        for writer in ("train", "val"):
+            assert set(found[f"{writer}/{tag}"]) == {0, 2}, tag
+            assert all(0 <= v <= 1 for v in found[f"{writer}/{tag}"].values())
+    assert found["val/all/checkpoint_score"][2] == pytest.approx(1 - found["val/all/loss"][2], abs=1e-6)
+    assert not any(t.startswith("train/train_iter/") for t in found)
+    lines = r.stdout.splitlines()
+    first = lines.index(next(ln for ln in lines if ln.startswith("mIoU raw masks: ")))
+    assert lines[first - 1].startswith("loss: ")  # after the original's lines
+    assert lines[first + 1].startswith("mIoU PAMR-refined masks: ") and "(all 21 classes)" in lines[first + 1]
+    value = float(lines[first].split(": ")[1].split(" ")[0])
+    assert value == pytest.approx(100 * found["train/masks/miou_cam"][0], abs=0.01)
+    etas = [ln for ln in lines if ln.startswith("ETA: ")]
+    assert len(etas) == 3 and etas[-1].split(" (")[1].startswith("2 iterations left")
+
+
+def test_tensorboard_of_the_environment_reads_the_logs(ae_run):
+    """`tensorboard --logdir logs` (README): the command is installed next to this interpreter and its reader finds
+    the validation's mIoU scalars."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = ae_run
+    assert os.access(os.path.join(os.path.dirname(sys.executable), "tensorboard"), os.X_OK)
+    events = EventAccumulator(os.path.join(run_dir(out, "ae", "logs"), "val"))
+    events.Reload()
+    assert set(MASK_TAGS) <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("masks/miou_pred")] == [0, 2]
+
+
+def test_snapshots_by_miou_and_per_iteration_losses(synthetic_root, tmp_path):
+    r = run_train(train_args(synthetic_root, str(tmp_path), "miou", epochs=2,
+                             sets=["TRAIN.SNAPSHOT_SCORE", "miou", "TRAIN.LOG_ITER_LOSSES", "True"]))
+    assert r.returncode == 0, r.stderr[-3000:]
+    found = scalars(str(tmp_path), "miou")
+    score = found["val/masks/miou_pred"][2]
+    assert found["val/all/checkpoint_score"] == {2: pytest.approx(score)}
+    assert snapshot_files(str(tmp_path), "miou")[0] == "model_enc_e002Xs%4.3f.pth" % score
+    for k in ("loss", "loss_cls", "loss_mask"):
+        assert set(found[f"train/train_iter/{k}"]) == set(range(6))  # 3 epochs of 2 iterations
+    # the epoch mean is the mean of its iterations
+    assert found["train/train_epoch/loss"][1] == pytest.approx(
+        (found["train/train_iter/loss"][2] + found["train/train_iter/loss"][3]) / 2, rel=1e-5)
+
+
+def test_unknown_snapshot_score_is_an_error(synthetic_root, tmp_path):
+    r = run_train(train_args(synthetic_root, str(tmp_path), "bad", extra=["--check"],
+                             sets=["TRAIN.SNAPSHOT_SCORE", "iou"]))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.splitlines() == ["error: config key TRAIN.SNAPSHOT_SCORE is 'iou'; use 'loss' (1 - mean validation "
+                                     "loss, the original's) or 'miou' (mIoU of the validation's final prediction)"]

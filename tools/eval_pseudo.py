@@ -22,13 +22,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from datasets.pascal_voc import read_file_list
-from datasets.voc import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE_FLAT, labels_from_mask, normalize_np
+from datasets.voc import NUM_CLASSES, PALETTE_FLAT, labels_from_mask, normalize_np
 from models import build_model
 from models.weights import load_snapshot
 from utils.config import load_cfg
 from utils.errors import UserError, run_main
 from utils.fileio import save_image, write_json
-from utils.metrics import confusion_matrix, scores_from_confusion
+from utils.inference_tools import label_maps
+from utils.metrics import MaskScores, scores_from_confusion
 from utils.opts import select_device
 
 
@@ -43,18 +44,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run")
     p.add_argument("--no-png", action="store_true", help="only write the JSON scores")
     return p.parse_args(argv)
-
-
-def _label_map(masks: torch.Tensor) -> np.ndarray:
-    """[21,H,W] cleaned masks -> [H,W] uint8 argmax."""
-    return masks.argmax(0).to(torch.uint8).cpu().numpy()
-
-
-def _pseudo_map(pseudo: torch.Tensor) -> np.ndarray:
-    """[21,H,W] 0/1 pseudo GT -> [H,W] uint8 class or 255 where no class is set (ignored by the loss)."""
-    lab = pseudo.argmax(0).to(torch.uint8)
-    lab[pseudo.sum(0) < 1] = IGNORE_INDEX
-    return lab.cpu().numpy()
 
 
 def _save_label(lab: np.ndarray, path: str) -> None:
@@ -74,8 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     model.to(device).eval()
 
     kinds = ("cam", "dec", "pseudo")
-    conf = {k: np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64) for k in kinds}
-    labelled = {"pixels": 0, "pseudo_labelled": 0}
+    scores = MaskScores(NUM_CLASSES)
     for img_path, mask_path in tqdm(items, desc="pseudo labels", file=sys.stderr, mininterval=2):
         name = os.path.splitext(os.path.basename(img_path))[0]
         try:
@@ -88,29 +76,23 @@ def main(argv: list[str] | None = None) -> None:
         labels = torch.from_numpy(labels_from_mask(gt))[None].to(device)  # [1,20]
         with torch.inference_mode():
             out = model(x, raw, labels)
-        maps = {"cam": _label_map(out["cam"][0])}
-        if "dec" in out:
-            maps["dec"] = _label_map(out["dec"][0])
-            maps["pseudo"] = _pseudo_map(out["pseudo"][0])
-        for k, lab in maps.items():
-            # pixels the pseudo labels leave unlabelled are scored by the coverage below, not as errors
-            target = np.where(lab == IGNORE_INDEX, IGNORE_INDEX, gt) if k == "pseudo" else gt
-            conf[k] += confusion_matrix(target, np.where(lab == IGNORE_INDEX, 0, lab), NUM_CLASSES)
-            if not args.no_png:
+        maps = {k: v[0].cpu().numpy() for k, v in label_maps(out, cfg.TEST.FP_CUT_SCORE, cfg.TEST.BG_POW).items()
+                if k in kinds}
+        # pixels the pseudo labels leave unlabelled are scored by their coverage, not as errors
+        scores.update(maps, gt)
+        if not args.no_png:
+            for k, lab in maps.items():
                 _save_label(lab, os.path.join(args.out, k, name + ".png"))
-        if "pseudo" in maps:
-            valid = gt != IGNORE_INDEX
-            labelled["pixels"] += int(valid.sum())
-            labelled["pseudo_labelled"] += int((valid & (maps["pseudo"] != IGNORE_INDEX)).sum())
 
     result = {"list": args.list, "snapshot": args.snapshot, "num_images": len(items)}
     for k in kinds:
-        if conf[k].sum() == 0:
+        if k not in scores.conf or scores.conf[k].sum() == 0:
             continue
-        s = scores_from_confusion(conf[k])
-        result[k] = {key: s[key] for key in ("miou", "miou_present", "iou") if key in s}
-    if labelled["pixels"]:
-        result["pseudo_coverage"] = labelled["pseudo_labelled"] / labelled["pixels"]
+        s = scores_from_confusion(scores.conf[k])
+        result[k] = {key: s[key] for key in ("miou_present", "iou")}
+    coverage = scores.summary().get("pseudo_coverage")
+    if coverage is not None:
+        result["pseudo_coverage"] = coverage
     write_json(os.path.join(args.out, "pseudo.json"), result)
     for k in kinds:
         if k in result:

@@ -67,6 +67,11 @@ _DEFAULTS = {
         # train the segmentation head on the GT masks instead of pseudo labels: a fully supervised reference
         # for the same network (the demo's upper bound; not the paper's method)
         "FULLY_SUPERVISED": False,
+        # what picks the snapshots: "loss" (1 - mean validation loss, the original's) or "miou" (mIoU of the
+        # validation's single-scale final prediction over the classes present)
+        "SNAPSHOT_SCORE": "loss",
+        # also write every iteration's losses to TensorBoard (train writer, tags train_iter/<loss>)
+        "LOG_ITER_LOSSES": False,
     },
     "TEST": {
         "METHOD": "multiscale",
@@ -94,6 +99,9 @@ _DEFAULTS = {
         "TRAIN_LIST": "train_augvoc.txt",
         "TRAIN_VOC_LIST": "train_voc.txt",
         "VAL_LIST": "val_voc.txt",
+        # with TRAIN.FULLY_SUPERVISED: a folder of class-index PNGs <image id>.png (e.g. pseudo labels written by
+        # infer_val.py) that replace the GT masks of the training list as targets; 255 is ignored. "" = GT masks
+        "MASK_DIR": "",
     },
     "NET": {
         "MODEL": "vgg16",

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from datasets.voc import MEAN, PALETTE, PALETTE_FLAT, STD, normalize_np
+from datasets.voc import IGNORE_INDEX, MEAN, PALETTE, PALETTE_FLAT, STD, normalize_np
 from utils.dcrf import CRFParams, dense_crf
 from utils.errors import UserError
 from utils.fileio import atomic_path, save_image
@@ -95,6 +95,64 @@ def merge_crops(probs: torch.Tensor | Sequence[torch.Tensor], coords: torch.Tens
         count[:, r0 - top:r1 - top, c0 - left:c1 - left] += 1
     keep = torch.cat((labels.new_ones(1), labels)).to(dtype=torch.float32, device=total.device)[:, None, None]
     return total * keep / count
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# masks of a training-mode forward (validation during training, tools/eval_pseudo.py), as class-index maps
+
+def argmax_labels(masks: torch.Tensor) -> torch.Tensor:
+    """Masks [..., C, H, W] -> class indices [..., H, W] uint8 (first index on ties)."""
+    return masks.argmax(-3).to(torch.uint8)
+
+
+def pseudo_label_map(pseudo: torch.Tensor) -> torch.Tensor:
+    """0/1 pseudo ground truth [..., C, H, W] -> [..., H, W] uint8: its class, or IGNORE_INDEX where no class is
+    set (the pixels the self-supervised loss ignores)."""
+    lab = argmax_labels(pseudo)
+    lab[pseudo.sum(-3) < 1] = IGNORE_INDEX
+    return lab
+
+
+def single_scale_prediction(masks: torch.Tensor, cls: torch.Tensor, fp_cut_score: float, bg_pow: float,
+                            labels: torch.Tensor | None = None) -> torch.Tensor:
+    """The final prediction of one forward pass, made as inference makes it from its scales (SPEC 8.2, 8.3).
+
+    masks [B,C,H,W] uncleaned probabilities, cls [B,C-1] class logits. Foreground class c is kept where
+    ``sigmoid(cls_c) > fp_cut_score`` (``class_presence`` of one variant) or, given ``labels`` [B,C-1] (as
+    TEST.USE_GT_LABELS), where the image label is set; the background is raised to ``bg_pow``.
+    -> class indices [B,H,W] uint8.
+    """
+    keep = labels.float() if labels is not None else (torch.sigmoid(cls.float()) > fp_cut_score).float()  # [B,C-1]
+    probs = masks.float() * torch.cat((torch.ones_like(keep[:, :1]), keep), 1)[:, :, None, None]  # [B,C,H,W]
+    probs[:, 0] = probs[:, 0] ** bg_pow
+    return argmax_labels(probs)
+
+
+def forward_masks(out: dict[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """The uncleaned probabilities [B,C,H,W] of a training-mode forward: the CAM baseline's ``masks``, or the
+    softmax of the single-stage model's ``logits`` resized as the model resizes its masks (bilinear,
+    align_corners=True), which is what its test-mode forward returns."""
+    if "masks" in out:
+        return out["masks"].float()
+    probs = torch.softmax(out["logits"].float(), dim=1)  # [B,C,h,w]
+    return F.interpolate(probs, size=size, mode="bilinear", align_corners=True)
+
+
+def label_maps(out: dict[str, torch.Tensor], fp_cut_score: float, bg_pow: float,
+               labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Class-index maps [B,H,W] uint8 of a training-mode forward ``out``, by the names of
+    ``utils.metrics.MASK_KINDS``: "cam" (raw masks), "dec" (PAMR-refined) and "pseudo" (pseudo labels,
+    IGNORE_INDEX where unlabelled) where the model makes them, and "pred", the single-scale final prediction
+    (``single_scale_prediction``; ``labels`` [B,C-1] replace the predicted class presence)."""
+    maps = {"cam": argmax_labels(out["cam"])}
+    if "dec" in out:
+        maps["dec"] = argmax_labels(out["dec"])
+    if "pseudo" in out:
+        maps["pseudo"] = pseudo_label_map(out["pseudo"])
+    if "logits" in out or "masks" in out:
+        size = tuple(out["cam"].shape[-2:])
+        maps["pred"] = single_scale_prediction(forward_masks(out, size), out["cls"], fp_cut_score, bg_pow, labels)
+    return maps
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -3,12 +3,16 @@
 The confusion matrix is accumulated over a whole split (rows = GT class, columns = predicted class) and the
 scores are computed once at the end, as the original's eval_seg.py does; per-image IoUs are never averaged.
 Scores are fractions in [0, 1]; the printed table multiplies them by 100 like the original.
+
+The masks of a training-mode forward (raw, PAMR-refined, pseudo labels) and the single-scale final prediction
+are scored the same way by ``MaskScores`` (validation during training, tools/eval_pseudo.py); it takes numpy
+arrays or torch tensors, and this module imports no torch (eval_seg.py runs without it).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from datasets.voc import CLASS_NAMES, NUM_CLASSES
+from datasets.voc import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 
 # added to every denominator, as the original: a class that is absent and never predicted scores 0
 EPS = 1e-20
@@ -114,3 +118,70 @@ def format_scores(scores: dict, class_names: tuple[str, ...] = CLASS_NAMES) -> l
     lines.append("With background: " + _summary(scores, "21"))
     lines.append("Over classes present in GT or prediction: " + _summary(scores, "present"))
     return lines
+
+
+# --------------------------------------------------------------------------------------------------------------
+# masks of a training-mode forward, scored against GT masks
+
+# what MaskScores scores, in this order: "cam" raw masks, "dec" PAMR-refined masks (both cleaned with the image
+# labels), "pseudo" the pseudo labels (on the pixels they label), "pred" the final prediction (single scale);
+# utils/inference_tools.label_maps makes them from a training-mode forward
+MASK_KINDS = ("cam", "dec", "pseudo", "pred")
+
+
+class MaskScores:
+    """Confusion matrices of the mask kinds against GT masks, and how much of the GT the pseudo labels label.
+
+    Pseudo labels are scored on the pixels they label (their unlabelled pixels are ignored by the loss, so they
+    count in ``pseudo_coverage`` instead of as errors). Accumulators of disjoint image sets add up (``merge``).
+    """
+
+    def __init__(self, num_classes: int = NUM_CLASSES):
+        self.num_classes = num_classes
+        self.conf: dict[str, np.ndarray] = {}
+        self.labelled = 0  # GT pixels (not 255) seen with pseudo labels
+        self.pseudo_labelled = 0  # of those, pixels the pseudo labels label
+
+    def update(self, maps: dict, gt) -> None:
+        """Add a batch: maps kind -> class indices [..., H, W] (IGNORE_INDEX only in "pseudo"), gt [..., H, W]."""
+        gt = _numpy_u8(gt)
+        for kind, lab in maps.items():
+            lab = _numpy_u8(lab)
+            target = gt
+            if kind == "pseudo":
+                unlabelled = lab == IGNORE_INDEX
+                valid = gt != IGNORE_INDEX
+                self.labelled += int(valid.sum())
+                self.pseudo_labelled += int((valid & ~unlabelled).sum())
+                target = np.where(unlabelled, np.uint8(IGNORE_INDEX), gt)
+                lab = np.where(unlabelled, np.uint8(0), lab)
+            conf = confusion_matrix(target, lab, self.num_classes)
+            self.conf[kind] = self.conf.get(kind, 0) + conf
+
+    def merge(self, other: "MaskScores") -> None:
+        for kind, conf in other.conf.items():
+            self.conf[kind] = self.conf.get(kind, 0) + conf
+        self.labelled += other.labelled
+        self.pseudo_labelled += other.pseudo_labelled
+
+    def summary(self) -> dict[str, float]:
+        """``miou_<kind>`` (mean IoU over the classes present in the GT or the masks), ``miou21_<kind>`` (over
+        all classes: the standard VOC mIoU) for every kind seen, and ``pseudo_coverage`` (fraction of the labelled
+        GT pixels that the pseudo labels label) when pseudo labels were seen; kinds in MASK_KINDS order."""
+        out: dict[str, float] = {}
+        for kind in sorted(self.conf, key=lambda k: MASK_KINDS.index(k) if k in MASK_KINDS else len(MASK_KINDS)):
+            if self.conf[kind].sum() == 0:
+                continue
+            s = scores_from_confusion(self.conf[kind])
+            out[f"miou_{kind}"] = s["miou_present"]
+            out[f"miou21_{kind}"] = s["miou_21"]
+        if self.labelled:
+            out["pseudo_coverage"] = self.pseudo_labelled / self.labelled
+        return out
+
+
+def _numpy_u8(x) -> np.ndarray:
+    """A torch tensor (this module does not import torch: eval_seg.py runs without it) or array as uint8."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x).astype(np.uint8, copy=False)
