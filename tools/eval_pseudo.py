@@ -17,31 +17,19 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
-import torch
 from PIL import Image
-from tqdm import tqdm
 
-from datasets.pascal_voc import read_file_list
-from datasets.voc import NUM_CLASSES, PALETTE_FLAT, labels_from_mask, normalize_np
-from models import build_model
-from models.weights import load_snapshot
-from utils.config import load_cfg
-from utils.errors import UserError, run_main
+from datasets.voc import NUM_CLASSES, PALETTE_FLAT
+from utils.errors import run_main
 from utils.fileio import save_image, write_json
 from utils.inference_tools import label_maps
+from utils.labelled_eval import add_model_list_args, labelled_outputs, load_model_and_list
 from utils.metrics import MaskScores, scores_from_confusion
-from utils.opts import select_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Evaluate raw, PAMR-refined and pseudo-label masks against GT masks")
-    p.add_argument("--cfg", required=True, help="YAML config the model was trained with")
-    p.add_argument("--set", dest="set_cfgs", nargs="+", default=[], metavar="KEY VALUE", help="config overrides")
-    p.add_argument("--snapshot", required=True, help="model_enc_*.pth file")
-    p.add_argument("--root", required=True, help="data root the list paths are relative to")
-    p.add_argument("--list", required=True, help="file list with image and mask columns")
-    p.add_argument("--out", required=True, help="output directory (PNGs under cam/, dec/, pseudo/ and pseudo.json)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run")
+    add_model_list_args(p, "output directory (PNGs under cam/, dec/, pseudo/ and pseudo.json)")
     p.add_argument("--no-png", action="store_true", help="only write the JSON scores")
     return p.parse_args(argv)
 
@@ -54,28 +42,11 @@ def _save_label(lab: np.ndarray, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    cfg = load_cfg(args.cfg, args.set_cfgs)
-    cfg.NET.FROM_SCRATCH = True  # the snapshot overwrites every weight
-    device = select_device(args.device)
-    items = read_file_list(args.list, args.root, need_masks=True)
-    model = build_model(cfg.NET, num_classes=NUM_CLASSES)
-    load_snapshot(model, args.snapshot)
-    model.to(device).eval()
+    cfg, model, device, items = load_model_and_list(args)
 
     kinds = ("cam", "dec", "pseudo")
     scores = MaskScores(NUM_CLASSES)
-    for img_path, mask_path in tqdm(items, desc="pseudo labels", file=sys.stderr, mininterval=2):
-        name = os.path.splitext(os.path.basename(img_path))[0]
-        try:
-            img = np.array(Image.open(img_path).convert("RGB"))
-            gt = np.asarray(Image.open(mask_path))
-        except OSError as e:
-            raise UserError(f"cannot read {img_path} or {mask_path}: {e}; run tools/check_data.py on the list") from None
-        x = torch.from_numpy(normalize_np(img)).permute(2, 0, 1)[None].to(device)  # [1,3,H,W]
-        raw = torch.from_numpy(img).permute(2, 0, 1)[None].float().div(255).to(device)
-        labels = torch.from_numpy(labels_from_mask(gt))[None].to(device)  # [1,20]
-        with torch.inference_mode():
-            out = model(x, raw, labels)
+    for name, gt, _, out in labelled_outputs(model, items, device, desc="pseudo labels"):
         maps = {k: v[0].cpu().numpy() for k, v in label_maps(out, cfg.TEST.FP_CUT_SCORE, cfg.TEST.BG_POW).items()
                 if k in kinds}
         # pixels the pseudo labels leave unlabelled are scored by their coverage, not as errors
