@@ -59,6 +59,8 @@ SCRIPTS = {
                                                          "--difficulty": None}),
     "tools/eval_pseudo.py": ("tools.eval_pseudo", {"--cfg": None, "--snapshot": None, "--root": None,
                                                    "--list": None, "--out": None}),
+    "tools/eval_cam.py": ("tools.eval_cam", {"--cfg": None, "--snapshot": None, "--root": None, "--list": None,
+                                             "--out": None, "--thresholds": None}),
     "tools/demo_report.py": ("tools.demo_report", {"--data": None, "--out": None, "--list": None}),
 }
 

@@ -185,3 +185,58 @@ def _numpy_u8(x) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     return np.asarray(x).astype(np.uint8, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the background-threshold sweep of class activation maps (how the field reports CAM quality)
+
+def default_thresholds() -> list[float]:
+    """0.05, 0.10, ..., 0.95: the usual sweep of eval_cam scripts over CAMs normalised to [0, 1]."""
+    return [round(0.05 * k, 2) for k in range(1, 20)]
+
+
+def threshold_sweep_confusion(fg_scores: np.ndarray, labels: np.ndarray, gt: np.ndarray,
+                              thresholds: np.ndarray | list[float], num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Confusion matrices [T, C, C] of one image's masks with a constant background score t, for every t.
+
+    fg_scores [C-1, H, W]: foreground scores (CAMs or masks); labels [C-1] 0/1: the image's GT classes, the only
+    ones that may be predicted; gt [H, W] with 255 ignored; thresholds [T]. For each t the prediction is
+    ``argmax([t, s_1, ..., s_{C-1}])`` over the labelled classes: a pixel is its best class c where s_c > t and
+    background otherwise (a tie goes to the background, the first channel of the argmax). One bincount over
+    ``(t * C + gt) * C + pred`` for all thresholds at once.
+    """
+    fg_scores = np.asarray(fg_scores, dtype=np.float32)
+    gt = np.asarray(gt)
+    keep = np.asarray(labels).astype(bool)  # [C-1]
+    thresholds = np.asarray(thresholds, dtype=np.float32)  # [T]
+    if fg_scores.shape[1:] != gt.shape:
+        raise ValueError(f"score maps {fg_scores.shape[1:]} differ from GT shape {gt.shape}")
+    num_t = len(thresholds)
+    if not keep.any():  # an image without foreground labels is background at every threshold
+        pred = np.zeros((num_t,) + gt.shape, dtype=np.intp)
+    else:
+        scores = np.where(keep[:, None, None], fg_scores, -np.inf)  # [C-1, H, W]
+        best = scores.max(0)  # [H, W]
+        cls = scores.argmax(0) + 1  # [H, W] in 1..C-1
+        pred = np.where(best[None] > thresholds[:, None, None], cls[None], 0)  # [T, H, W]
+    valid = gt < num_classes  # [H, W]
+    gt_v = gt[valid].astype(np.intp)  # [N]
+    pred_v = pred[:, valid]  # [T, N]
+    index = (np.arange(num_t)[:, None] * num_classes + gt_v[None]) * num_classes + pred_v  # [T, N]
+    size = num_t * num_classes * num_classes
+    return np.bincount(index.ravel(), minlength=size).astype(np.int64).reshape(num_t, num_classes, num_classes)
+
+
+def sweep_scores(confs: np.ndarray, thresholds: np.ndarray | list[float]) -> dict:
+    """The mIoU at every threshold of a sweep and the best threshold (JSON-ready).
+
+    confs [T, C, C] accumulated over a split by ``threshold_sweep_confusion``. The mIoU is over the classes
+    present (``miou_present`` of ``scores_from_confusion``); the best threshold is the one with the highest such
+    mIoU (the lowest threshold among equals). Keys: ``thresholds``, ``miou`` and ``miou_21`` (lists of T),
+    ``best_threshold``, ``best_index`` and ``best`` (every score of ``scores_from_confusion`` at that threshold).
+    """
+    per_t = [scores_from_confusion(c) for c in confs]
+    miou = [s["miou_present"] for s in per_t]
+    best = int(np.argmax(miou))
+    return {"thresholds": [float(t) for t in thresholds], "miou": miou, "miou_21": [s["miou_21"] for s in per_t],
+            "best_threshold": float(thresholds[best]), "best_index": best, "best": per_t[best]}
