@@ -7,8 +7,12 @@ import os
 import numpy as np
 import pytest
 
+from PIL import Image
+
+from datasets.pascal_voc import read_file_list
 from tests.helpers import EXIT_USER_ERROR, describe, files_under, run_script, save_model_snapshot, stderr_lines
-from utils.metrics import default_thresholds, sweep_scores, threshold_sweep_confusion
+from utils.metrics import (confusion_matrix, default_thresholds, scores_from_confusion, sweep_scores,
+                           threshold_sweep_confusion)
 
 C = 21
 
@@ -94,13 +98,21 @@ def test_eval_cam_cli_bsl_agrees_with_the_models_own_background(snapshots, synth
 
 
 def test_eval_cam_cli_ae_sweeps_raw_and_pamr_masks(snapshots, synthetic_root, tmp_path):
-    proc = _eval_cam("ae", snapshots["ae"], synthetic_root, str(tmp_path))
+    proc = _eval_cam("ae", snapshots["ae"], synthetic_root, str(tmp_path), "--png")
     assert proc.returncode == 0, describe(proc)
     result = json.loads((tmp_path / "eval_cam.json").read_text())
     assert result["thresholds"] == default_thresholds()
+    assert "best threshold of the PAMR-refined masks" in proc.stdout
+    items = read_file_list(os.path.join(synthetic_root, "val_voc.txt"), synthetic_root, need_masks=True)
     for kind in ("cam", "dec"):
         assert len(result[kind]["miou"]) == 19 and 0.0 <= result[kind]["best_miou"] <= 1.0
-    assert "best threshold of the PAMR-refined" in proc.stdout
+        # the PNGs are the masks at the best threshold: scored again, they give the best mIoU
+        conf = np.zeros((C, C), dtype=np.int64)
+        for img_path, mask_path in items:
+            png = Image.open(tmp_path / kind / (os.path.splitext(os.path.basename(img_path))[0] + ".png"))
+            assert png.mode == "P"
+            conf += confusion_matrix(np.asarray(Image.open(mask_path)), np.asarray(png), C)
+        assert scores_from_confusion(conf)["miou_present"] == pytest.approx(result[kind]["best_miou"], abs=1e-12)
 
 
 def test_eval_cam_rejects_thresholds_outside_the_mask_range(snapshots, synthetic_root, tmp_path):

@@ -5,7 +5,8 @@ it). For every image of ``--list`` the model runs with the GT image labels (as t
 foreground scores of the image's classes meet a constant background score t, the argmax is compared with the GT
 mask, and the mIoU over the classes present is reported for every t of ``--thresholds``, with the best one.
 Scored: "cam", the raw masks (the CAM baseline's CAMs normalised by their maximum, the single-stage model's softmax
-foreground masks), and "dec", their PAMR refinement (single-stage model only). Writes ``<out>/eval_cam.json``.
+foreground masks), and "dec", their PAMR refinement (single-stage model only). Writes ``<out>/eval_cam.json`` and,
+with ``--png``, each kind's masks at its best threshold as palette PNGs under ``<out>/cam/`` and ``<out>/dec/``.
 
     python tools/eval_cam.py --cfg configs/demo_bsl.yaml --snapshot snapshots/.../model_enc_e008Xs0.700.pth \
         --root data/synthetic --list data/synthetic/val_voc.txt --out results/demo/bsl/cam_val
@@ -24,8 +25,10 @@ import numpy as np
 from datasets.voc import NUM_CLASSES
 from utils.errors import UserError, run_main
 from utils.fileio import write_json
+from utils.inference_tools import save_palette_png
 from utils.labelled_eval import add_model_list_args, labelled_outputs, load_model_and_list
-from utils.metrics import default_thresholds, sweep_scores, threshold_sweep_confusion
+from utils.metrics import (best_foreground, default_thresholds, sweep_scores, threshold_prediction,
+                           threshold_sweep_confusion)
 
 KINDS = {"cam": "raw masks", "dec": "PAMR-refined masks"}  # output key -> column title
 
@@ -33,9 +36,10 @@ KINDS = {"cam": "raw masks", "dec": "PAMR-refined masks"}  # output key -> colum
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Evaluate raw (and PAMR-refined) masks over a sweep of background "
                                             "thresholds; print the table and the best threshold")
-    add_model_list_args(p, "output directory (eval_cam.json)")
+    add_model_list_args(p, "output directory (eval_cam.json; with --png the masks under cam/ and dec/)")
     p.add_argument("--thresholds", type=float, nargs="+", default=default_thresholds(), metavar="T",
                    help="constant background scores to try, in [0, 1] (default 0.05 0.10 ... 0.95)")
+    p.add_argument("--png", action="store_true", help="also write the masks at the best threshold as PNGs")
     args = p.parse_args(argv)
     bad = [t for t in args.thresholds if not (math.isfinite(t) and 0.0 <= t <= 1.0)]
     if bad:
@@ -64,12 +68,15 @@ def main(argv: list[str] | None = None) -> None:
     _, model, device, items = load_model_and_list(args)
     thresholds = np.asarray(args.thresholds)
     confs: dict[str, np.ndarray] = {}
-    for _, gt, labels, out in labelled_outputs(model, items, device, desc="CAM sweep"):
+    maps: dict[str, list] = {k: [] for k in KINDS}  # --png: (image id, best score, its class) until t is known
+    for name, gt, labels, out in labelled_outputs(model, items, device, desc="CAM sweep"):
         for k in KINDS:
             if k in out:
                 fg = out[k][0, 1:].float().cpu().numpy()  # [20,H,W]
                 c = threshold_sweep_confusion(fg, labels, gt, thresholds, NUM_CLASSES)  # [T,21,21]
                 confs[k] = confs[k] + c if k in confs else c
+                if args.png:
+                    maps[k].append((name, *best_foreground(fg, labels)))
 
     kinds = [k for k in KINDS if k in confs]
     result: dict = {"list": args.list, "snapshot": args.snapshot, "num_images": len(items),
@@ -80,6 +87,10 @@ def main(argv: list[str] | None = None) -> None:
         result[k] = {"miou": s["miou"], "miou_21": s["miou_21"], "best_threshold": s["best_threshold"],
                      "best_index": s["best_index"], "best_miou": best["miou_present"], "best_miou_21": best["miou_21"],
                      "best_iou": best["iou"], "best_iou_defined": best["iou_defined"], "count": best["count"]}
+    for k in kinds:
+        for name, best, cls in maps[k]:
+            save_palette_png(threshold_prediction(best, cls, result[k]["best_threshold"]),
+                             os.path.join(args.out, k, name + ".png"))
     write_json(os.path.join(args.out, "eval_cam.json"), result)
     print("\n".join(format_table(result, kinds)))
 

@@ -195,33 +195,42 @@ def default_thresholds() -> list[float]:
     return [round(0.05 * k, 2) for k in range(1, 20)]
 
 
+def best_foreground(fg_scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The best of the image's GT classes at every pixel: fg_scores [C-1, H, W], labels [C-1] 0/1 ->
+    (its score [H, W] float32, -inf where the image has no label; the class [H, W] in 1..C-1, 0 without labels)."""
+    keep = np.asarray(labels).astype(bool)  # [C-1]
+    scores = np.where(keep[:, None, None], np.asarray(fg_scores, dtype=np.float32), -np.inf)  # [C-1, H, W]
+    best = scores.max(0)  # [H, W]
+    cls = np.where(np.isfinite(best), scores.argmax(0) + 1, 0)  # [H, W]
+    return best.astype(np.float32), cls.astype(np.uint8)
+
+
+def threshold_prediction(best: np.ndarray, cls: np.ndarray, threshold: float | np.ndarray) -> np.ndarray:
+    """``argmax([t, s_1, ..., s_{C-1}])`` from ``best_foreground``'s maps: the class where its score exceeds the
+    constant background score t, background elsewhere (a tie goes to the background, the argmax's first channel).
+    best, cls [H, W]; threshold a scalar or [T, 1, 1] -> [H, W] or [T, H, W]."""
+    return np.where(best > np.asarray(threshold, dtype=np.float32), cls, 0).astype(np.uint8)
+
+
 def threshold_sweep_confusion(fg_scores: np.ndarray, labels: np.ndarray, gt: np.ndarray,
                               thresholds: np.ndarray | list[float], num_classes: int = NUM_CLASSES) -> np.ndarray:
     """Confusion matrices [T, C, C] of one image's masks with a constant background score t, for every t.
 
     fg_scores [C-1, H, W]: foreground scores (CAMs or masks); labels [C-1] 0/1: the image's GT classes, the only
     ones that may be predicted; gt [H, W] with 255 ignored; thresholds [T]. For each t the prediction is
-    ``argmax([t, s_1, ..., s_{C-1}])`` over the labelled classes: a pixel is its best class c where s_c > t and
-    background otherwise (a tie goes to the background, the first channel of the argmax). One bincount over
-    ``(t * C + gt) * C + pred`` for all thresholds at once.
+    ``threshold_prediction``: a pixel is its best labelled class c where s_c > t and background otherwise.
+    One bincount over ``(t * C + gt) * C + pred`` for all thresholds at once.
     """
-    fg_scores = np.asarray(fg_scores, dtype=np.float32)
     gt = np.asarray(gt)
-    keep = np.asarray(labels).astype(bool)  # [C-1]
+    if np.shape(fg_scores)[1:] != gt.shape:
+        raise ValueError(f"score maps {np.shape(fg_scores)[1:]} differ from GT shape {gt.shape}")
     thresholds = np.asarray(thresholds, dtype=np.float32)  # [T]
-    if fg_scores.shape[1:] != gt.shape:
-        raise ValueError(f"score maps {fg_scores.shape[1:]} differ from GT shape {gt.shape}")
     num_t = len(thresholds)
-    if not keep.any():  # an image without foreground labels is background at every threshold
-        pred = np.zeros((num_t,) + gt.shape, dtype=np.intp)
-    else:
-        scores = np.where(keep[:, None, None], fg_scores, -np.inf)  # [C-1, H, W]
-        best = scores.max(0)  # [H, W]
-        cls = scores.argmax(0) + 1  # [H, W] in 1..C-1
-        pred = np.where(best[None] > thresholds[:, None, None], cls[None], 0)  # [T, H, W]
+    best, cls = best_foreground(fg_scores, labels)  # [H, W] each
+    pred = threshold_prediction(best, cls, thresholds[:, None, None])  # [T, H, W]
     valid = gt < num_classes  # [H, W]
     gt_v = gt[valid].astype(np.intp)  # [N]
-    pred_v = pred[:, valid]  # [T, N]
+    pred_v = pred[:, valid].astype(np.intp)  # [T, N]
     index = (np.arange(num_t)[:, None] * num_classes + gt_v[None]) * num_classes + pred_v  # [T, N]
     size = num_t * num_classes * num_classes
     return np.bincount(index.ravel(), minlength=size).astype(np.int64).reshape(num_t, num_classes, num_classes)
