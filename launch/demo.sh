@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The whole method end to end on the synthetic dataset, on CPU, in minutes:
-#   generate data -> train the CAM baseline, the single-stage model and a fully supervised bound (train.py)
+#   generate data -> train the CAM baseline, the single-stage model and a fully supervised reference (train.py)
 #   -> multi-scale inference with and without CRF (infer_val.py) -> mIoU (eval_seg.py)
+#   -> raw and PAMR-refined masks at their best background threshold on val (tools/eval_cam.py)
 #   -> pseudo-label quality on train (tools/eval_pseudo.py) -> report (tools/demo_report.py)
 #
 # usage: bash launch/demo.sh [--clean]
 #   --clean   start over (removes the demo's data, snapshots, logs and results)
 # Every stage reuses what an earlier run left (data, snapshots, masks), so a second run is quick.
+# Each stage's time goes to $DEMO_OUT/stage_times.tsv (a reused stage keeps the time of the run that did it).
 # Environment knobs (the test uses them for a shortened run): DEMO_DATA, DEMO_OUT, DEMO_EXP, DEMO_SEED,
 # DEMO_TRAIN, DEMO_VAL, DEMO_TEST, DEMO_SIZE, DEMO_DIFFICULTY (easy), DEMO_EPOCHS, DEMO_ITERS, DEMO_WORKERS,
 # DEMO_SETS (extra --set pairs for every stage), DEMO_SNAPSHOT_DIR, DEMO_LOGDIR.
@@ -18,14 +20,25 @@ CLEAN=0
 for a in "$@"; do
   case "$a" in
     --clean) CLEAN=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "error: unknown argument $a (use --clean or --help)" >&2; exit 2 ;;
   esac
 done
 
 T0=$SECONDS
-stage() { STAGE="$1"; STAGE_T=$SECONDS; echo "[demo] >>> $1"; }
-done_stage() { echo "[demo] <<< $STAGE: $((SECONDS - STAGE_T)) s"; }
+TIMES=""  # the stage-time file, once the output directory is known
+stage() { STAGE="$1"; STAGE_T=$SECONDS; REUSED=0; echo "[demo] >>> $1"; }
+reuse() { REUSED=1; echo "[demo] reusing $1"; }
+done_stage() {
+  local took=$((SECONDS - STAGE_T))
+  echo "[demo] <<< $STAGE: $took s"
+  if [ -n "$TIMES" ] && { [ "$REUSED" = 0 ] || ! awk -F '\t' -v s="$STAGE" '$1 == s {f = 1} END {exit !f}' \
+                                                   "$TIMES" 2>/dev/null; }; then
+    # one line per stage (name, seconds): replaced when the stage runs again
+    { [ -f "$TIMES" ] && awk -F '\t' -v s="$STAGE" '$1 != s' "$TIMES"; printf '%s\t%s\n' "$STAGE" "$took"; } \
+      > "$TIMES.tmp" && mv "$TIMES.tmp" "$TIMES"
+  fi
+}
 
 stage "environment"
 source tools/setup_env.sh
@@ -50,6 +63,7 @@ if [ "$CLEAN" = 1 ]; then
   rm -rf "$DATA" "$OUT" "$SNAP_BASE/$DS/$EXP" "$LOG_BASE/$DS/$EXP"
 fi
 mkdir -p "$OUT"
+TIMES="$OUT/stage_times.tsv"
 
 stage "synthetic dataset ($DATA)"
 GEN=(--out "$DATA" --seed "$SEED" --difficulty "${DEMO_DIFFICULTY:-easy}" --workers "$WORKERS")
@@ -58,7 +72,7 @@ GEN=(--out "$DATA" --seed "$SEED" --difficulty "${DEMO_DIFFICULTY:-easy}" --work
 [ -n "${DEMO_TEST:-}" ] && GEN+=(--num-test "$DEMO_TEST")
 [ -n "${DEMO_SIZE:-}" ] && GEN+=(--size "$DEMO_SIZE")
 if [ -f "$DATA/val_voc.txt" ] && [ -f "$DATA/synthetic.json" ]; then
-  echo "[demo] reusing $DATA (bash launch/demo.sh --clean to regenerate)"
+  reuse "$DATA (bash launch/demo.sh --clean to regenerate)"
 else
   python tools/make_synthetic.py "${GEN[@]}"
 fi
@@ -81,7 +95,7 @@ train() {  # train <run> <config>
   local run="$1" cfg="$2" snap="$SNAP_BASE/$DS/$EXP/$1"
   stage "train $run ($cfg)"
   if [ -f "$OUT/$run.done" ] && [ -n "$(best_suffix "$snap")" ]; then
-    echo "[demo] reusing $snap"
+    reuse "$snap"
   else
     rm -rf "$snap" "$LOG_BASE/$DS/$EXP/$run"
     python train.py --dataset "$DS" --cfg "$cfg" --exp "$EXP" --run "$run" --workers "$WORKERS" \
@@ -96,7 +110,7 @@ infer() {  # infer <run> <config> <list> <out> [extra args]
   local run="$1" cfg="$2" list="$3" dst="$4"; shift 4
   stage "infer $run on $(basename "$list")"
   if [ -f "$dst/eval.json" ]; then
-    echo "[demo] reusing $dst"
+    reuse "$dst"
   else
     python infer_val.py --dataset "$DS" --cfg "$cfg" --exp "$EXP" --run "$run" \
       --snapshot-dir "$SNAP_BASE" --logdir "$LOG_BASE" --resume "$(best_suffix "$SNAP_BASE/$DS/$EXP/$run")" --infer-list "$list" --mask-output-dir "$dst" \
@@ -108,14 +122,30 @@ infer() {  # infer <run> <config> <list> <out> [extra args]
   done_stage
 }
 
+snapshot_of() {  # the model_enc_*.pth of a finished run
+  echo "$SNAP_BASE/$DS/$EXP/$1/model_enc_$(best_suffix "$SNAP_BASE/$DS/$EXP/$1").pth"
+}
+
+cam_sweep() {  # cam_sweep <run> <config> <list> <out>: the scores, and the masks at the best threshold as PNGs
+  local run="$1" cfg="$2" list="$3" dst="$4"
+  stage "best background threshold of $run on $(basename "$list")"
+  if [ -f "$dst/eval_cam.json" ]; then
+    reuse "$dst"
+  else
+    python tools/eval_cam.py --cfg "$cfg" --set "${SETS[@]}" --snapshot "$(snapshot_of "$run")" \
+      --root "$DATA" --list "$list" --out "$dst" --png
+  fi
+  done_stage
+}
+
 pseudo() {  # pseudo <run> <config> <list> <out>
   local run="$1" cfg="$2" list="$3" dst="$4"
   stage "pseudo-label quality of $run on $(basename "$list")"
   if [ -f "$dst/pseudo.json" ]; then
-    echo "[demo] reusing $dst"
+    reuse "$dst"
   else
     python tools/eval_pseudo.py --cfg "$cfg" --set "${SETS[@]}" \
-      --snapshot "$SNAP_BASE/$DS/$EXP/$run/model_enc_$(best_suffix "$SNAP_BASE/$DS/$EXP/$run").pth" \
+      --snapshot "$(snapshot_of "$run")" \
       --root "$DATA" --list "$list" --out "$dst"
   fi
   done_stage
@@ -127,14 +157,17 @@ train sup configs/demo_sup.yaml
 
 infer bsl configs/demo_bsl.yaml "$DATA/val_voc.txt" "$OUT/bsl/val" --no-crf
 infer ae configs/demo_ae.yaml "$DATA/val_voc.txt" "$OUT/ae/val"
-infer sup configs/demo_sup.yaml "$DATA/val_voc.txt" "$OUT/sup/val" --no-crf
+# the fully supervised reference with CRF too: compared like with like with the single-stage model
+infer sup configs/demo_sup.yaml "$DATA/val_voc.txt" "$OUT/sup/val"
+
+cam_sweep bsl configs/demo_bsl.yaml "$DATA/val_voc.txt" "$OUT/bsl/cam_val"
+cam_sweep ae configs/demo_ae.yaml "$DATA/val_voc.txt" "$OUT/ae/cam_val"
 
 pseudo bsl configs/demo_bsl.yaml "$DATA/train_voc.txt" "$OUT/bsl/pseudo_train"
 pseudo ae configs/demo_ae.yaml "$DATA/train_voc.txt" "$OUT/ae/pseudo_train"
-pseudo ae configs/demo_ae.yaml "$DATA/val_voc.txt" "$OUT/ae/pseudo_val"
 
 stage "report"
 python tools/demo_report.py --data "$DATA" --out "$OUT" --list "$DATA/val_voc.txt" --seed "$SEED" \
-  --wall-time "$((SECONDS - T0))"
+  --logs "$LOG_BASE/$DS/$EXP" --times "$TIMES" --wall-time "$((SECONDS - T0))"
 done_stage
 echo "[demo] finished in $((SECONDS - T0)) s; open $OUT/report.html in a browser"

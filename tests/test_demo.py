@@ -2,6 +2,7 @@
 rendered in headless Chromium."""
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -37,7 +38,8 @@ def demo(tmp_path_factory) -> Path:
 def test_demo_writes_every_output(demo: Path) -> None:
     out = demo / "out"
     stdout = (demo / "stdout.txt").read_text()
-    for stage in ("synthetic dataset", "train bsl", "train ae", "train sup", "infer ae", "report"):
+    for stage in ("synthetic dataset", "train bsl", "train ae", "train sup", "infer ae",
+                  "best background threshold of bsl", "best background threshold of ae", "report"):
         assert re.search(rf"\[demo\] <<< {stage}.*: \d+ s", stdout), stage
     ids = [Path(line.split()[0]).stem for line in (demo / "data" / "val_voc.txt").read_text().splitlines()]
     for run in ("bsl", "ae", "sup"):
@@ -45,21 +47,45 @@ def test_demo_writes_every_output(demo: Path) -> None:
             assert (out / run / "val" / f"{i}.png").is_file()
             assert (out / run / "val" / "vis" / f"{i}.png").is_file()
         assert json.loads((out / run / "val" / "eval.json").read_text())["num_images"] == len(ids)
-    for i in ids:  # CRF only for the single-stage model
-        assert (out / "ae" / "val" / "crf" / f"{i}.png").is_file()
-        for kind in ("cam", "dec"):
-            assert (out / "ae" / "pseudo_val" / kind / f"{i}.png").is_file()
+    for i in ids:  # CRF for the single-stage model and the fully supervised reference, compared like with like
+        for run in ("ae", "sup"):
+            assert (out / run / "val" / "crf" / f"{i}.png").is_file()
+        for run, kind in (("bsl", "cam"), ("ae", "cam"), ("ae", "dec")):  # masks at the best threshold
+            assert (out / run / "cam_val" / kind / f"{i}.png").is_file()
     assert not (out / "bsl" / "val" / "crf").exists()
     for run in ("bsl", "ae"):
         assert "cam" in json.loads((out / run / "pseudo_train" / "pseudo.json").read_text())
+    sweeps = {run: json.loads((out / run / "cam_val" / "eval_cam.json").read_text()) for run in ("bsl", "ae")}
+    assert "dec" in sweeps["ae"] and "dec" not in sweeps["bsl"]
     report = json.loads((out / "report.json").read_text())
-    assert set(report["val_miou_present_classes"]) == {"bsl", "ae", "ae_crf", "sup"}
+    chain = {"bsl_cam", "bsl", "ae_cam", "ae_dec", "ae", "ae_crf", "sup", "sup_crf"}
+    assert set(report["val_miou"]) == set(report["val_miou_21_classes"]) == chain
+    for key, run, kind in (("bsl_cam", "bsl", "cam"), ("ae_cam", "ae", "cam"), ("ae_dec", "ae", "dec")):
+        assert report["best_thresholds"][key] == sweeps[run][kind]["best_threshold"]
+    # the report's scores are over the classes the val GT has; eval_seg.py's 21-class mean stays in report.json
+    ae_eval = json.loads((out / "ae" / "val" / "eval.json").read_text())
+    present = [c for c, n in enumerate(ae_eval["count"]) if n > 0]
+    assert report["val_miou_over"] == [ae_eval["class_names"][c] for c in present] and len(present) < 21
+    assert report["val_miou"]["ae"] == pytest.approx(100 * sum(ae_eval["iou"][c] for c in present) / len(present),
+                                                     abs=0.01)
+    assert report["val_miou_21_classes"]["ae"] == pytest.approx(100 * ae_eval["miou_21"], abs=0.01)
+    assert all(set(v) == set(report["val_miou_over"]) for v in report["per_class_iou"].values())
     assert set(report["targets"]) == {"single_stage_minus_cam", "single_stage_miou", "pamr_gain_on_train",
                                       "wall_time_s"}
+    gain = report["targets"]["single_stage_minus_cam"]
+    assert gain["value"] == pytest.approx(report["val_miou"]["ae"] - report["val_miou"]["bsl_cam"], abs=0.011)
     wall = report["targets"]["wall_time_s"]
     assert wall["value"] == report["wall_time_s"] > 0 and wall["reached"] == (wall["value"] <= 600)
     assert report["train_pseudo_labels"]["single_stage_pamr_refined"] >= 0
-    for f in ("report.html", "examples.png", "ae/val/confusion.png", "ae/val/iou.png"):
+    # every stage before the report has its time, and the curves hold each run's losses
+    assert {"train ae (configs/demo_ae.yaml)", "best background threshold of ae on val_voc.txt"} <= \
+        set(report["stage_times_s"])
+    for run in ("bsl", "ae", "sup"):
+        assert "train: train_epoch/loss" in report["training_curves"][run]
+        assert "val: all/loss" in report["training_curves"][run]
+        assert len(report["commits"][run]) >= 40
+    for f in ("report.html", "examples.png", "figures/curves_ae.png", "figures/confusion_ae.png",
+              "figures/confusion_ae_crf.png"):
         assert (out / f).stat().st_size > 0, f
     # the snapshots and logs went where the demo was told, not into the repository
     assert (demo / "snapshots" / "pascal_voc" / "demo-test" / "ae").is_dir()
@@ -72,10 +98,26 @@ def test_demo_report_renders_in_chromium(demo: Path, tmp_path: Path) -> None:
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=3000"]
     dom = subprocess.run(args + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
-    assert "Validation mIoU" in dom and "single-stage model + CRF" in dom and "fully supervised" in dom
-    assert dom.count("<tr>") >= 10  # the method, pseudo-label, target and per-class tables
+    for section in ("Validation mIoU", "Targets", "Per-class IoU", "Confusion of the single-stage model",
+                    "Examples", "Training curves, configs and commits", "Time per stage"):
+        assert section in dom, section
+    assert "single-stage model" in dom and "fully supervised reference" in dom and "best threshold (t = " in dom
+    report = json.loads((demo / "out" / "report.json").read_text())
+    text = re.sub(r"<[^>]+>", " ", dom)  # what a reader sees, without tags and attributes
+    for slug in list(report["targets"]) + ["bsl_cam", "ae_crf", "sup_crf", "ae_dec"]:
+        assert slug not in text, f"slug {slug} shown as a label"
+    for label in (t["label"] for t in report["targets"].values()):
+        assert label in html.unescape(text)
+    # the per-class table has one row per class of the val GT, no absent class
+    per_class = dom.split('id="per-class"')[1].split("</table>")[0]
+    assert per_class.count("<tr>") == 1 + len(report["val_miou_over"])
+    assert "aeroplane" not in per_class or "aeroplane" in report["val_miou_over"]
+    ids = [e["id"] for e in report["examples"]]
+    assert all(i in text for i in ids)
+    images = dom.count("<img ")
+    assert images == 2 + 3 + len(ids) * 8  # confusion matrices, curves, example cells
     loaded = re.search(r'data-images-loaded="(\d+)"', dom)
-    assert loaded and int(loaded.group(1)) == 3, "examples, confusion matrix and IoU chart must load"
+    assert loaded and int(loaded.group(1)) == images, "every figure and example must load"
     shot = tmp_path / "shot.png"
     subprocess.run(args + ["--window-size=1200,2000", f"--screenshot={shot}", page.as_uri()], capture_output=True,
                    timeout=120)
@@ -83,9 +125,14 @@ def test_demo_report_renders_in_chromium(demo: Path, tmp_path: Path) -> None:
 
 
 def test_demo_reuses_finished_stages(demo: Path) -> None:
+    times = demo / "out" / "stage_times.tsv"
+    before = dict(line.split("\t") for line in times.read_text().splitlines())
     env = dict(os.environ, DEMO_DATA=str(demo / "data"), DEMO_OUT=str(demo / "out"), DEMO_EXP="demo-test",
                DEMO_SNAPSHOT_DIR=str(demo / "snapshots"), DEMO_LOGDIR=str(demo / "logs"), DEMO_WORKERS="1")
     proc = subprocess.run(["bash", str(ROOT / "launch" / "demo.sh")], cwd=demo, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.count("[demo] reusing") >= 8
+    assert proc.stdout.count("[demo] reusing") == 11  # data, 3 trainings, 3 inferences, 2 sweeps, 2 pseudo
+    # a reused stage keeps the time of the run that did the work
+    after = dict(line.split("\t") for line in times.read_text().splitlines())
+    assert {k: v for k, v in after.items() if k != "report"} == {k: v for k, v in before.items() if k != "report"}
