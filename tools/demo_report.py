@@ -21,7 +21,7 @@ import json
 import platform
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from datasets.pascal_voc import read_file_list
 from datasets.voc import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE
@@ -411,10 +411,12 @@ single-stage model</h2>
     for k in CHAIN:
         print(f"{SHORT[k]:<40} {'yes' if CHAIN[k][2] else 'no':>4} {miou[k]:>7.2f}")
     print(f"(mIoU over the {len(names)} classes of val)")
-    print(f"train masks: raw {raw:.2f} -> PAMR-refined {refined:.2f}; pseudo labels {tp['single_stage_pseudo_labels']:.2f}")
+    print(f"train masks: raw {raw:.2f} -> PAMR-refined {refined:.2f}; "
+          f"pseudo labels {tp['single_stage_pseudo_labels']:.2f}")
     for name, t in targets.items():
         bound = "<=" if t.get("at_most") else ">="
-        print(f"target {name}: {t['value']:.2f} ({bound} {t['target']:.0f}) {'reached' if t['reached'] else 'NOT reached'}")
+        status = "reached" if t["reached"] else "NOT reached"
+        print(f"target {name}: {t['value']:.2f} ({bound} {t['target']:.0f}) {status}")
 
 
 if __name__ == "__main__":

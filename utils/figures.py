@@ -83,8 +83,8 @@ def save_curves_figure(panels: dict[str, dict[str, dict[int, float]]], path: str
                        title: str = "") -> None:
     """Training curves: one axis per panel ({panel title: {series name: {epoch: value}}}), side by side.
 
-    Series whose name starts with "val" are dashed (validation); every point is marked, so that a run of one or two epochs
-    still shows its values.
+    Series whose name starts with "val" are dashed (validation); every point is marked, so that a run of one or
+    two epochs still shows its values.
     """
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
     for ax, (name, series) in zip(axes[0], panels.items()):

@@ -60,7 +60,8 @@ def labelled_outputs(model: torch.nn.Module, items: list[tuple[str, str]], devic
             img = np.array(Image.open(img_path).convert("RGB"))
             gt = np.asarray(Image.open(mask_path))
         except OSError as e:
-            raise UserError(f"cannot read {img_path} or {mask_path}: {e}; run tools/check_data.py on the list") from None
+            raise UserError(f"cannot read {img_path} or {mask_path}: {e}; "
+                            "run tools/check_data.py on the list") from None
         x = torch.from_numpy(normalize_np(img)).permute(2, 0, 1)[None].to(device)  # [1,3,H,W]
         raw = torch.from_numpy(img).permute(2, 0, 1)[None].float().div(255).to(device)  # [1,3,H,W] in [0,1]
         labels = labels_from_mask(gt)  # [20]
