@@ -136,3 +136,29 @@ def test_demo_reuses_finished_stages(demo: Path) -> None:
     # a reused stage keeps the time of the run that did the work
     after = dict(line.split("\t") for line in times.read_text().splitlines())
     assert {k: v for k, v in after.items() if k != "report"} == {k: v for k, v in before.items() if k != "report"}
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("times", "stage_times.tsv is missing; launch/demo.sh writes it"),
+    ("logs", "git.txt is missing; train.py writes it next to the run's logs"),
+    ("eval_cam", "eval_cam.json is missing; run the demo's earlier stages"),
+])
+def test_demo_report_bad_input_is_one_line_and_writes_nothing(demo: Path, tmp_path: Path, breakage: str,
+                                                              message: str) -> None:
+    from tests.helpers import EXIT_USER_ERROR, files_under, run_script, stderr_lines
+
+    out = tmp_path / "out"
+    shutil.copytree(demo / "out", out)
+    args = {"--data": str(demo / "data"), "--out": str(out), "--list": str(demo / "data" / "val_voc.txt"),
+            "--logs": str(demo / "logs" / "pascal_voc" / "demo-test"), "--times": str(out / "stage_times.tsv")}
+    if breakage == "times":
+        (out / "stage_times.tsv").unlink()
+    elif breakage == "logs":
+        args["--logs"] = str(tmp_path / "no-logs")
+    else:
+        (out / "ae" / "cam_val" / "eval_cam.json").unlink()
+    before = files_under(str(out))
+    proc = run_script("tools/demo_report.py", *[x for kv in args.items() for x in kv])
+    lines = stderr_lines(proc)
+    assert proc.returncode == EXIT_USER_ERROR and len(lines) == 1 and message in lines[0], proc.stderr
+    assert files_under(str(out)) == before

@@ -173,31 +173,27 @@ def examples(items: list[tuple[str, str]], out: str) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------------------
 # training curves, configs, commits, stage times
 
-def training_curves(logs: str, out: str) -> dict[str, list[str]]:
-    """One figure per run (figures/curves_<run>.png): every scalar tag of its event files with "loss" in the name,
-    and, in a second panel, every tag with "miou" in it; train and val series apart. Returns the tags plotted."""
-    from utils.figures import save_curves_figure
+def read_curves(logs: str) -> dict[str, dict[str, dict[str, dict[int, float]]]]:
+    """Per run, the scalar tags of its event files with "loss" in the name ("losses" panel) and those with "miou"
+    in it ("mIoU" panel), as {panel: {"<split>: <tag>": {epoch: value}}}; empty panels left out."""
     from utils.visualize import read_events
 
-    plotted = {}
-    for run, title in RUNS.items():
+    curves = {}
+    for run in RUNS:
         panels: dict[str, dict[str, dict[int, float]]] = {"losses": {}, "mIoU": {}}
         for split in ("train", "val"):
-            events = read_events(os.path.join(logs, run, split))
-            for tag, points in events.items():
+            for tag, points in read_events(os.path.join(logs, run, split)).items():
                 if not points or not all(isinstance(v, float) for v in points.values()):
                     continue  # images
                 low = tag.lower()
                 panel = "mIoU" if MIOU_WORD in low else "losses" if LOSS_WORD in low else None
                 if panel:
                     panels[panel][f"{split}: {tag}"] = points
-        panels = {k: v for k, v in panels.items() if v}
-        if not panels:
+        curves[run] = {k: v for k, v in panels.items() if v}
+        if not curves[run]:
             raise UserError(f"no loss or mIoU scalars in the event files under {os.path.join(logs, run)}; "
                             "give --logs the demo's <logdir>/pascal_voc/<exp> directory")
-        save_curves_figure(panels, os.path.join(out, "figures", f"curves_{run}.png"), title=title)
-        plotted[run] = sorted(s for series in panels.values() for s in series)
-    return plotted
+    return curves
 
 
 def run_records(logs: str) -> dict[str, dict[str, str]]:
@@ -262,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     chain, thresholds = load_chain(args.out)
     pseudo = {k: _load_json(os.path.join(args.out, k, "pseudo_train", "pseudo.json")) for k in ("bsl", "ae")}
     records = run_records(args.logs)
+    curves = read_curves(args.logs)
     times = read_stage_times(args.times)
     # the classes the val ground truth has (GT pixel counts are the same in every evaluation of the list)
     data_classes = [c for c in range(NUM_CLASSES) if chain["ae"]["count"][c] > 0]
@@ -282,8 +279,10 @@ def main(argv: list[str] | None = None) -> None:
         t["reached"] = t["value"] <= t["target"] if t.get("at_most") else t["value"] >= t["target"]
 
     picked = examples(read_file_list(args.list, args.data, need_masks=True), args.out)
-    curves = training_curves(args.logs, args.out)
-    from utils.figures import save_confusion_figure
+    from utils.figures import save_confusion_figure, save_curves_figure
+
+    for run, panels in curves.items():
+        save_curves_figure(panels, os.path.join(args.out, "figures", f"curves_{run}.png"), title=RUNS[run])
 
     others = [c for c in range(NUM_CLASSES) if c not in data_classes]
     for key in ("ae", "ae_crf"):
@@ -309,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "targets": targets,
         "examples": [{"id": r["id"], "miou": _pct(r["miou"])} for r in picked],
-        "training_curves": curves,
+        "training_curves": {run: sorted(s for series in p.values() for s in series) for run, p in curves.items()},
         "commits": {run: rec["commit"] for run, rec in records.items()},
         "stage_times_s": dict(times),
         "seed": args.seed,
