@@ -162,3 +162,24 @@ def test_demo_report_bad_input_is_one_line_and_writes_nothing(demo: Path, tmp_pa
     lines = stderr_lines(proc)
     assert proc.returncode == EXIT_USER_ERROR and len(lines) == 1 and message in lines[0], proc.stderr
     assert files_under(str(out)) == before
+
+
+def test_demo_report_curves_take_every_loss_and_miou_tag(tmp_path: Path) -> None:
+    """Whatever scalar tags training writes: losses in one panel, mIoU in % in another, no 21-class mean, no AP."""
+    from tools.demo_report import RUNS, read_curves
+    from utils.visualize import EventWriter
+
+    for run in RUNS:
+        w = EventWriter(str(tmp_path / run / "train"))
+        for epoch in (0, 1):
+            w.add_scalar("train_epoch/loss", 1.0 - 0.5 * epoch, epoch)
+        w.close()
+        w = EventWriter(str(tmp_path / run / "val"))
+        for tag, value in (("all/loss", 0.75), ("masks/miou_pred", 0.25), ("masks/miou21_pred", 0.1),
+                           ("all_wo_BG/mAP", 0.5), ("masks/pseudo_coverage", 0.9)):
+            w.add_scalar(tag, value, 1)
+        w.close()
+    curves = read_curves(str(tmp_path))
+    assert set(curves) == set(RUNS)
+    assert curves["ae"] == {"losses": {"train: train_epoch/loss": {0: 1.0, 1: 0.5}, "val: all/loss": {1: 0.75}},
+                            "mIoU (%)": {"val: masks/miou_pred": {1: 25.0}}}

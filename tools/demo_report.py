@@ -82,6 +82,8 @@ EXAMPLE_COLUMNS = (
 )
 LOSS_WORD = "loss"
 MIOU_WORD = "miou"
+# 21-class means average the classes the data lacks into the curve; the report's scores are over the classes present
+ALL_CLASS_MIOU_WORDS = ("miou21", "miou_21")
 
 
 def _load_json(path: str) -> dict:
@@ -175,20 +177,22 @@ def examples(items: list[tuple[str, str]], out: str) -> list[dict]:
 
 def read_curves(logs: str) -> dict[str, dict[str, dict[str, dict[int, float]]]]:
     """Per run, the scalar tags of its event files with "loss" in the name ("losses" panel) and those with "miou"
-    in it ("mIoU" panel), as {panel: {"<split>: <tag>": {epoch: value}}}; empty panels left out."""
+    in it, in % ("mIoU (%)" panel; 21-class means left out), as {panel: {"<split>: <tag>": {epoch: value}}};
+    empty panels left out."""
     from utils.visualize import read_events
 
     curves = {}
     for run in RUNS:
-        panels: dict[str, dict[str, dict[int, float]]] = {"losses": {}, "mIoU": {}}
+        panels: dict[str, dict[str, dict[int, float]]] = {"losses": {}, "mIoU (%)": {}}
         for split in ("train", "val"):
             for tag, points in read_events(os.path.join(logs, run, split)).items():
                 if not points or not all(isinstance(v, float) for v in points.values()):
                     continue  # images
                 low = tag.lower()
-                panel = "mIoU" if MIOU_WORD in low else "losses" if LOSS_WORD in low else None
-                if panel:
-                    panels[panel][f"{split}: {tag}"] = points
+                if MIOU_WORD in low and not any(w in low for w in ALL_CLASS_MIOU_WORDS):
+                    panels["mIoU (%)"][f"{split}: {tag}"] = {e: 100.0 * v for e, v in points.items()}
+                elif LOSS_WORD in low:
+                    panels["losses"][f"{split}: {tag}"] = points
         curves[run] = {k: v for k, v in panels.items() if v}
         if not curves[run]:
             raise UserError(f"no loss or mIoU scalars in the event files under {os.path.join(logs, run)}; "
