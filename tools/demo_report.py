@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #bbb;padding:4px 8px;text-align:right;vertical-align:top}}
 td:first-child,th:first-child{{text-align:left}} table.chain td:nth-child(2){{text-align:left}}
-img{{max-width:100%;border:1px solid #ddd}} img.cell{{width:120px;max-width:none;image-rendering:pixelated}}
+img{{max-width:100%;border:1px solid #ddd}} img.cell{{width:108px;max-width:none;image-rendering:pixelated}}
 .swatch{{white-space:nowrap;margin-right:1em}} .swatch span{{display:inline-block;width:1em;height:1em;
 border:1px solid #888;margin-right:.3em;vertical-align:middle}} pre{{font-size:80%;background:#f6f6f6;padding:.5em}}
 </style>
