@@ -39,8 +39,8 @@ GRID_ROWS_BEST = 3
 GRID_ROWS_WORST = 3
 RUNS = {"bsl": "CAM baseline", "ae": "single-stage model", "sup": "fully supervised reference"}
 
-# the chain of the main table: key -> (model, masks, CRF, where the scores are under --out, what they are)
-# "eval" files are eval_seg.py's; "cam"/"dec" entries of eval_cam.json are taken at their best threshold
+# the chain of the main table: key -> (model, masks, CRF, (kind, scores file under --out, entry)); kind "eval":
+# eval_seg.py's eval.json; kind "cam": the "cam" or "dec" entry of eval_cam.json, at its best threshold
 CHAIN = {
     "bsl_cam": ("CAM baseline", "raw CAMs given the GT image labels, background score at its best threshold",
                 False, ("cam", "bsl/cam_val/eval_cam.json", "cam")),
@@ -104,7 +104,8 @@ def mean_over(iou: list[float], classes: list[int]) -> float:
 
 
 def load_chain(out: str) -> tuple[dict[str, dict], dict[str, float]]:
-    """Per chain entry {"iou", "miou_21", "count"}; and the best threshold of each eval_cam entry."""
+    """Per chain entry {"iou", "miou_21", "count"} (and eval_seg.py's "confusion"); the best threshold of each
+    eval_cam entry."""
     chain, thresholds = {}, {}
     for key, (_, _, _, (kind, path, sub)) in CHAIN.items():
         data = _load_json(os.path.join(out, path))
