@@ -83,6 +83,9 @@ def test_demo_writes_every_output(demo: Path) -> None:
     for run in ("bsl", "ae", "sup"):
         assert "train: train_epoch/loss" in report["training_curves"][run]
         assert "val: all/loss" in report["training_curves"][run]
+        # validation's mask scores (masks/miou_<kind>), over the classes present only
+        mious = [s for s in report["training_curves"][run] if "miou" in s.lower()]
+        assert mious and not any("miou21" in s for s in mious), report["training_curves"][run]
         assert len(report["commits"][run]) >= 40
     for f in ("report.html", "examples.png", "figures/curves_ae.png", "figures/confusion_ae.png",
               "figures/confusion_ae_crf.png"):
