@@ -92,6 +92,9 @@ def save_curves_figure(panels: dict[str, dict[str, dict[int, float]]], path: str
             steps = sorted(points)
             ax.plot(steps, [points[s] for s in steps], marker="o", markersize=3,
                     linestyle="--" if label.startswith("val") else "-", label=label)
+        epochs = [e for points in series.values() for e in points]
+        if epochs and max(epochs) == min(epochs):  # one epoch: whole-number ticks around it
+            ax.set_xlim(min(epochs) - 1, max(epochs) + 1)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(name)
