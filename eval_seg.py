@@ -27,10 +27,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from datasets.filelists import scan_file_list
 from datasets.voc import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from utils.errors import UserError, run_main
 from utils.fileio import check_writable_dir, write_json, write_text
 from utils.metrics import confusion_matrix, format_scores, image_class_scores, scores_from_confusion
+from utils.procs import die_with_parent
 
 # kind -> how the report names it; images with any of these are left out of the scores
 PROBLEM_KINDS = {
@@ -47,7 +49,6 @@ NAMES_SHOWN = 5  # names listed per problem kind in the report (the JSON keeps a
 MAX_CHUNK = 32  # images per worker task: few enough tasks to keep IPC small, enough to balance the workers
 ORACLE_SCALE = 255  # scipy.misc.imresize byte-scaled a 0/1 mask to 0/255 before resizing
 ORACLE_THRESHOLD = 0.5  # the original's "> 0.5", applied to the 0..255 result: any non-zero pixel
-LIST_STRIP = "/ \r\n"  # characters stripped from both ends of each list field (SPEC 9.2, plus \r)
 
 
 @dataclass(frozen=True)
@@ -141,30 +142,15 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def parse_list(list_path: str, data: str, masks: str) -> tuple[list[Entry], list[Problem]]:
-    """List lines -> entries; lines without a GT column are problems (SPEC 9.2: split on single spaces,
-    strip '/', spaces and newlines from each field; the prediction is <masks>/<basename of the GT path>)."""
-    try:
-        with open(list_path, encoding="utf-8") as f:
-            lines = f.readlines()
-    except UnicodeDecodeError:
-        raise UserError(f"--filelist {list_path} is not a text file list; pass a list such as data/val_voc.txt") from None
-    except OSError as e:
-        raise UserError(f"cannot read --filelist {list_path} ({e.strerror}); check the path and its permissions") from None
-    entries: list[Entry] = []
-    problems: list[Problem] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue  # blank lines (e.g. a trailing one) carry nothing to evaluate
-        fields = [f.strip(LIST_STRIP) for f in line.split(" ")]
-        if len(fields) < 2 or not fields[1]:
-            problems.append(Problem(number - 1, "malformed_line", f"line {number}",
-                                    f"expected '<image path> <mask path>', got {line.strip()!r}"))
-            continue
-        gt_name = os.path.basename(fields[1])
-        entries.append(Entry(number - 1, os.path.splitext(gt_name)[0], os.path.join(data, fields[1]),
-                             os.path.join(masks, gt_name)))
-    if not entries and not problems:
-        raise UserError(f"--filelist {list_path} is empty; pass a list with '<image path> <mask path>' lines")
+    """List lines -> entries, read by the data layer's reader as train.py and infer_val.py read them (SPEC 9.2
+    splits on single spaces; any whitespace separates the columns here, as in the data layer); malformed lines
+    are problems. The GT is <data>/<mask column>, the prediction <masks>/<basename of the mask column>."""
+    items, malformed = scan_file_list(list_path, data, need_masks=True)
+    entries = []
+    for number, _, gt_path in items:
+        gt_name = os.path.basename(gt_path)
+        entries.append(Entry(number - 1, os.path.splitext(gt_name)[0], gt_path, os.path.join(masks, gt_name)))
+    problems = [Problem(number - 1, "malformed_line", f"line {number}", message) for number, message in malformed]
     return entries, problems
 
 
@@ -274,7 +260,7 @@ def evaluate(entries: list[Entry], oracle: tuple[int, int] | None, workers: int,
 
 def _evaluate_in_pool(chunks: list[list[Entry]], oracle: tuple[int, int] | None, workers: int,
                       total: EvalResult, bar: tqdm) -> None:
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)))
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), initializer=die_with_parent)
     try:
         pending = {pool.submit(evaluate_chunk, chunk, oracle): chunk for chunk in chunks}
         while pending:

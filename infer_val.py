@@ -34,10 +34,10 @@ from datasets.pascal_voc_ms import (MAX_REPORTED, build_inference_dataset, check
 from datasets.voc import NUM_CLASSES
 from models import build_model
 from models.weights import load_snapshot
-from utils.config import load_cfg
+from utils.config import INFER_RANGES, load_cfg, range_problems
 from utils.dcrf import CRFParams, require_pydensecrf
 from utils.errors import UserError, run_main
-from utils.fileio import check_writable_dir
+from utils.fileio import check_writable_dir, dir_problem
 from utils.inference_tools import (WriterOptions, WriterPool, class_presence, merge_crops, merge_multiscale,
                                    write_outputs)
 from utils.opts import get_arg_parser, resolve_dirs, select_device
@@ -147,26 +147,53 @@ def _collect(problems: list[str], check, *args):
         return None
 
 
-def check_only(args: argparse.Namespace, cfg, writer_opts: WriterOptions, device: torch.device) -> None:
-    """--check: the config, every listed file (decoded), the snapshot, pydensecrf and the output directory."""
+def preflight(args: argparse.Namespace, cfg, writer_opts: WriterOptions, device: torch.device, decode: bool
+              ) -> tuple[list, str, torch.nn.Module]:
+    """Every check before a file is written, all problems at once (UserError, one line each): options, config
+    values, pydensecrf, the listed files (each decoded with ``decode``), the snapshot and the model it loads into,
+    the output directories (checked, not created). Returns the items, the snapshot path and the model."""
     problems: list[str] = []
-    _collect(problems, check_batch_size, cfg.TEST)
+    if args.workers < 0:
+        problems.append(f"--workers {args.workers} must be >= 0 (0 runs the data loading and writing inline)")
+    if cfg.TEST.NUM_CLASSES != NUM_CLASSES:
+        problems.append(f"config key TEST.NUM_CLASSES is {cfg.TEST.NUM_CLASSES}; the VOC data and outputs have "
+                        f"{NUM_CLASSES} classes")
+    problems += range_problems(cfg, INFER_RANGES)
+    values_ok = not problems  # the scales and canvas checks need sound values
+    if values_ok:
+        _collect(problems, check_batch_size, cfg.TEST)
     if writer_opts.crf is not None:
         _collect(problems, writer_opts.crf.check)
         _collect(problems, require_pydensecrf)
-    items, found = checked_items(args.infer_list, cfg.TEST.DATA_ROOT)
+    if decode:
+        items, found = checked_items(args.infer_list, cfg.TEST.DATA_ROOT)
+    else:  # TRAIN.ON_CORRUPT skip: the loader leaves corrupt images out
+        found = []
+        items = _collect(found, read_inference_items, args.infer_list, cfg.TEST.DATA_ROOT)
     problems.extend(found)
     if items is not None:
-        if not found:
+        if values_ok and not found:
             _collect(problems, check_sizes, items, cfg.TEST, args.tight_canvas)
         if cfg.TEST.USE_GT_LABELS and any(m is None for _, m in items):
             problems.append(_no_gt_message(args.infer_list))
     snapshot = _collect(problems, snapshot_path, args)
+    model = None
     if snapshot is not None:
-        _collect(problems, build_inference_model, cfg, snapshot, torch.device("cpu"))
-    _collect(problems, check_writable_dir, args.mask_output_dir, "--mask-output-dir")
+        model = _collect(problems, build_inference_model, cfg, snapshot, device, args.channels_last)
+    for d, what in ((args.mask_output_dir, "--mask-output-dir"), (args.logdir, "run directory (--logdir)"),
+                    (args.snapshot_dir, "run directory (--snapshot-dir)")):
+        problem = dir_problem(d, what)
+        if problem:
+            problems.append(problem)
     if problems:
         raise UserError("\n".join(problems))
+    return items, snapshot, model
+
+
+def check_only(args: argparse.Namespace, cfg, writer_opts: WriterOptions) -> None:
+    """--check: the config, every listed file (decoded), the snapshot, pydensecrf and the output directory; nothing
+    is created."""
+    items, snapshot, _ = preflight(args, cfg, writer_opts, torch.device("cpu"), decode=True)
     print(f"check passed: {len(items)} images in {args.infer_list}, snapshot {snapshot}, "
           f"output directory {args.mask_output_dir}")
 
@@ -215,11 +242,6 @@ def main(argv: list[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     cfg = load_cfg(args.cfg_file, args.set_cfgs)
     resolve_dirs(args, create=False)
-    if args.workers < 0:
-        raise UserError(f"--workers {args.workers} must be >= 0 (0 runs the data loading and writing inline)")
-    if cfg.TEST.NUM_CLASSES != NUM_CLASSES:
-        raise UserError(f"config key TEST.NUM_CLASSES is {cfg.TEST.NUM_CLASSES}; the VOC data and outputs have "
-                        f"{NUM_CLASSES} classes")
     rank, world, local_rank = _dist_rank_world()
     device = select_device(args.device)
     if device.type == "cuda" and world > 1:
@@ -230,25 +252,13 @@ def main(argv: list[str] | None = None) -> None:
     crf = None if args.no_crf else CRFParams.from_cfg(cfg.MASKS.CRF)
     writer_opts = WriterOptions(args.mask_output_dir, crf, palette=args.palette, save_probs=args.save_probs)
     if args.check:
-        check_only(args, cfg, writer_opts, device)
+        check_only(args, cfg, writer_opts)
         return
 
-    # everything that can be checked before a single file is written
+    # everything that can be checked before a single file is written; with TRAIN.ON_CORRUPT stop every listed
+    # file is decoded now, not when the loader reaches it
+    items, _, model = preflight(args, cfg, writer_opts, device, decode=cfg.TRAIN.ON_CORRUPT == "stop")
     n_variants = check_batch_size(cfg.TEST)
-    if crf is not None:
-        crf.check()
-        require_pydensecrf()
-    snapshot = snapshot_path(args)
-    if cfg.TRAIN.ON_CORRUPT == "stop":  # every listed file decoded now, not when the loader reaches it
-        items, problems = checked_items(args.infer_list, cfg.TEST.DATA_ROOT)
-        if problems:
-            raise UserError("\n".join(problems))
-    else:  # "skip": the loader leaves corrupt images out
-        items = read_inference_items(args.infer_list, cfg.TEST.DATA_ROOT)
-    if cfg.TEST.USE_GT_LABELS and any(m is None for _, m in items):
-        raise UserError(_no_gt_message(args.infer_list))
-    check_sizes(items, cfg.TEST, args.tight_canvas)
-    model = build_inference_model(cfg, snapshot, device, args.channels_last)
     for d in writer_opts.dirs():
         check_writable_dir(d, "--mask-output-dir")
     for d in (args.logdir, args.snapshot_dir):  # the original creates the run's directories

@@ -41,7 +41,7 @@ from losses import get_criterion
 from models import build_model
 from utils.checkpoints import (Checkpointer, ResumePoint, best_suffix, interrupt_suffix, remove_stale_temporaries,
                                resolve_suffix, snapshot_paths)
-from utils.config import AttrDict, cfg_to_yaml, load_cfg
+from utils.config import TRAIN_RANGES, AttrDict, cfg_to_yaml, load_cfg, range_problems
 from utils.dist import (DistContext, EpochSampler, SeededSamples, all_gather_objects, all_reduce_sum, barrier,
                         broadcast_object, init_distributed, per_rank_batch, shutdown, worker_init, wrap_model)
 from utils.errors import UserError, run_main
@@ -49,6 +49,7 @@ from utils.fileio import check_writable_dir, save_torch, write_text
 from utils.inference_tools import label_maps
 from utils.metrics import MaskScores
 from utils.opts import get_arg_parser, resolve_dirs, select_device, set_seed
+from utils.procs import StopSignal, exit_status, signal_name
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 LOG_EVERY = 10  # per-iteration console line every 10 iterations, as the original
@@ -89,7 +90,7 @@ class StopRequest:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
             signal.signal(signum, signal.SIG_DFL)
-            raise KeyboardInterrupt
+            raise StopSignal(signum)
         self.signum = signum
         sys.stderr.write(f"{signal.Signals(signum).name}: finishing the current iteration, then saving a resumable "
                          "snapshot (send it again to stop at once without saving)\n")
@@ -133,6 +134,7 @@ def check_train_cfg(cfg: AttrDict) -> list[str]:
     if cfg.DATASET.MASK_DIR and not cfg.TRAIN.FULLY_SUPERVISED:
         problems.append(f"config key DATASET.MASK_DIR ({cfg.DATASET.MASK_DIR}) gives masks to train on, which only "
                         "TRAIN.FULLY_SUPERVISED True uses; set it, or set DATASET.MASK_DIR ''")
+    problems += range_problems(cfg, TRAIN_RANGES)
     return problems
 
 
@@ -486,9 +488,10 @@ class Trainer:
                 "scaler": self.scaler.state_dict(), "rng": all_gather_objects(capture_rng(), self.ctx)}
 
     def save(self, suffix: str, state: dict[str, Any]) -> bool:
-        saved = self.checkpoints.save(suffix, state) if self.ctx.is_main else True
-        barrier(self.ctx)
-        return saved
+        try:
+            return self.checkpoints.save(suffix, state) if self.ctx.is_main else True
+        finally:
+            barrier(self.ctx)  # also when rank 0 could not write: the others must not wait for it forever
 
     def resume(self, point: ResumePoint) -> int:
         """Apply a loaded snapshot; returns the first epoch."""
@@ -712,6 +715,35 @@ class Trainer:
 
 # --------------------------------------------------------------------------------------------------------------
 
+def last_good_text(trainer: Trainer) -> str:
+    """Where a stopped run can resume from: the newest complete snapshot of its directory, if any."""
+    last = trainer.checkpoints.last_good()
+    if last is None:
+        return (f"no complete snapshot of this run is in {trainer.args.snapshot_dir}, so it starts again from the "
+                "beginning")
+    return (f"the last good snapshot is {last} in {trainer.args.snapshot_dir}; resume with the same command and "
+            f"--resume {last} (or --resume last)")
+
+
+def save_on_interrupt(trainer: Trainer, e: Interrupted) -> int:
+    """The resumable snapshot of the first SIGINT/SIGTERM; the exit status of the signal, also when it could not
+    be written (a full disk), then with one line saying what was lost and what is left."""
+    suffix = interrupt_suffix(e.epoch, e.iteration)
+    try:
+        trainer.save(suffix, trainer.state(e.epoch, e.phase, e.iteration))
+    except UserError as err:
+        if trainer.ctx.is_main:
+            sys.stderr.write(f"error: stopped by {e} at epoch {e.epoch}, {e.phase} iteration {e.iteration}, but the "
+                             f"interrupt snapshot {suffix} could not be written ({err}); nothing of it was kept; "
+                             f"{last_good_text(trainer)}\n")
+        return exit_status(e.signum)
+    if trainer.ctx.is_main:
+        sys.stderr.write(f"stopped by {e}: epoch {e.epoch}, {e.phase} iteration {e.iteration}; saved snapshot "
+                         f"{suffix} in {trainer.args.snapshot_dir}; resume with the same command and --resume "
+                         f"{suffix} (or --resume last)\n")
+    return exit_status(e.signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = get_arg_parser("Single-stage semantic segmentation: training").parse_args(argv)
@@ -778,15 +810,15 @@ def run(args, argv: list[str], cfg: AttrDict, ctx: DistContext) -> int:
 
     trainer.stop.install()
     try:
-        trainer.fit(start_epoch, loaders, fixed)
-    except Interrupted as e:
-        suffix = interrupt_suffix(e.epoch, e.iteration)
-        trainer.save(suffix, trainer.state(e.epoch, e.phase, e.iteration))
+        try:
+            trainer.fit(start_epoch, loaders, fixed)
+        except Interrupted as e:
+            return save_on_interrupt(trainer, e)
+    except StopSignal as e:  # the second SIGINT/SIGTERM: stop at once, without saving
         if ctx.is_main:
-            sys.stderr.write(f"stopped by {e}: epoch {e.epoch}, {e.phase} iteration {e.iteration}; saved snapshot "
-                             f"{suffix} in {args.snapshot_dir}; resume with the same command and --resume {suffix} "
-                             "(or --resume last)\n")
-        return 128 + e.signum
+            sys.stderr.write(f"stopped at once by a second {signal_name(e.signum)}, without saving; "
+                             f"{last_good_text(trainer)}\n")
+        return exit_status(e.signum)
     finally:
         trainer.stop.uninstall()
         trainer.close()

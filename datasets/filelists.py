@@ -6,6 +6,7 @@ SPEC 3.3: image-level labels come from the mask's class indices.
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 from PIL import Image
@@ -18,12 +19,16 @@ MAX_REPORTED = 20  # missing files listed in one error before "and N more"
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-def parse_file_list(list_path: str, root: str, need_masks: bool) -> list[tuple[int, str, str | None]]:
-    """(line number, image path, mask path or None) of every entry, paths joined with ``root``.
+def scan_file_list(list_path: str, root: str, need_masks: bool
+                   ) -> tuple[list[tuple[int, str, str | None]], list[tuple[int, str]]]:
+    """The one reader of the file lists of every entry point: (the entries, the malformed lines).
 
-    A line holds ``<image> <mask>`` or, for the test list, ``<image>`` only (then the mask is None; with
-    ``need_masks`` that is an error). Leading/trailing slashes of each column are stripped before joining, as the
-    original's inference loader does. Blank lines are skipped. All malformed lines are reported at once.
+    Entries are (line number, image path, mask path or None), paths joined with ``root``. A line holds
+    ``<image> <mask>`` or, for the test list, ``<image>`` only (then the mask is None; with ``need_masks`` that is
+    a malformed line). Columns are split on any whitespace; leading/trailing slashes of each column are stripped
+    before joining, as the original's inference loader does. Blank lines are skipped. Malformed lines are
+    (line number, message naming the list, the line and the fix). Lines that repeat an entry are kept (each is
+    used as often as it is listed) and named once per list in a warning on stderr.
     """
     if not os.path.isdir(root):
         raise UserError(f"data root {root} is not a directory; point DATASET.ROOT (training) or TEST.DATA_ROOT "
@@ -37,25 +42,57 @@ def parse_file_list(list_path: str, root: str, need_masks: bool) -> list[tuple[i
     except (IsADirectoryError, UnicodeDecodeError) as e:
         raise UserError(f"file list {list_path} is not a text file ({type(e).__name__}); give a list of "
                         f"'<image> <mask>' lines") from None
+    except OSError as e:
+        raise UserError(f"cannot read file list {list_path} ({e.strerror}); check the path and its permissions"
+                        ) from None
     items: list[tuple[int, str, str | None]] = []
-    errors: list[str] = []
+    malformed: list[tuple[int, str]] = []
     for n, line in enumerate(raw_lines, 1):
         cols = line.split()
         if not cols:
             continue
         if len(cols) > 2:
-            errors.append(f"file list {list_path} line {n}: expected '<image> [<mask>]', got {len(cols)} columns "
-                          f"({line.strip()[:80]!r}); fix the line")
+            malformed.append((n, f"file list {list_path} line {n}: expected '<image> [<mask>]', got {len(cols)} "
+                                 f"columns ({line.strip()[:80]!r}); fix the line"))
         elif need_masks and len(cols) == 1:
-            errors.append(f"file list {list_path} line {n}: no mask column ({cols[0]}); this use needs "
-                          f"'<image> <mask>' lines (the test list has images only)")
+            malformed.append((n, f"file list {list_path} line {n}: no mask column ({cols[0]}); this use needs "
+                                 f"'<image> <mask>' lines (the test list has images only)"))
         else:
             mask = os.path.join(root, cols[1].strip("/")) if len(cols) == 2 else None
             items.append((n, os.path.join(root, cols[0].strip("/")), mask))
-    if errors:
-        raise UserError("\n".join(_limited(errors, f"malformed lines in {list_path}")))
-    if not items:
+    if not items and not malformed:
         raise UserError(f"file list {list_path} is empty; it needs at least one '<image> <mask>' line")
+    _warn_duplicates(list_path, items)
+    return items, malformed
+
+
+_warned_duplicates: set[str] = set()  # lists already warned about in this process (several checks read a list)
+
+
+def _warn_duplicates(list_path: str, items: list[tuple[int, str, str | None]]) -> None:
+    lines_of: dict[tuple[str, str | None], list[int]] = {}
+    for n, img, mask in items:
+        lines_of.setdefault((img, mask), []).append(n)
+    repeated = [lines for lines in lines_of.values() if len(lines) > 1]
+    key = os.path.abspath(list_path)
+    if not repeated or key in _warned_duplicates:
+        return
+    _warned_duplicates.add(key)
+    groups = ["lines " + ", ".join(map(str, lines)) for lines in repeated[:MAX_REPORTED]]
+    more = f" and {len(repeated) - MAX_REPORTED} more" if len(repeated) > MAX_REPORTED else ""
+    sys.stderr.write(f"Warning: file list {list_path} lists the same entry more than once ({'; '.join(groups)}"
+                     f"{more}); each is used as often as it is listed: remove the repeated lines if that is not "
+                     "meant\n")
+    sys.stderr.flush()
+
+
+def parse_file_list(list_path: str, root: str, need_masks: bool) -> list[tuple[int, str, str | None]]:
+    """(line number, image path, mask path or None) of every entry (see ``scan_file_list``); all malformed lines
+    are one UserError, a line each."""
+    items, malformed = scan_file_list(list_path, root, need_masks)
+    if malformed:
+        errors = [message for _, message in malformed]
+        raise UserError("\n".join(_limited(errors, f"malformed lines in {list_path}")))
     return items
 
 

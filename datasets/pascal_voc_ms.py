@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from datasets.filelists import IMAGE_ERRORS, image_id, load_image, load_mask, read_file_list
 from datasets.voc import IGNORE_INDEX, NUM_CLASSES, labels_from_mask, normalize_np
 from utils.errors import UserError
+from utils.procs import die_with_parent
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # files taken from a folder given as --infer-list
 METHODS = ("multiscale", "multicrop")
@@ -325,4 +326,5 @@ def build_inference_dataset(items: Sequence[Item], test_cfg, tight: bool = False
 def get_inference_loader(dataset: _InferenceDataset, workers: int) -> DataLoader:
     """Batches of all variants of one image, in list order, prepared by ``workers`` processes ahead of the network."""
     return DataLoader(dataset, batch_size=dataset.batch_size, shuffle=False, num_workers=workers,
-                      collate_fn=collate_variants, pin_memory=torch.cuda.is_available(), drop_last=False)
+                      collate_fn=collate_variants, pin_memory=torch.cuda.is_available(), drop_last=False,
+                      worker_init_fn=die_with_parent if workers > 0 else None)

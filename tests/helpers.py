@@ -93,3 +93,90 @@ def link_or_copy(src: str, dst: str) -> str:
     except OSError:
         shutil.copyfile(src, dst)
     return dst
+
+
+# ---------------------------------------------------------------------------------------------- a full disk
+
+FULL_DISK_SHIM = os.path.join(ROOT, "tests", "fulldisk")  # its sitecustomize.py simulates a full disk
+
+
+class SmallDisk:
+    """A directory on a small disk: a tmpfs of ``size`` bytes where this process may mount one (root on Linux),
+    else a directory where the runs' writes fail with ENOSPC past ``size`` bytes (tests/fulldisk/sitecustomize.py).
+    Pass ``env`` to the runs; ``fill()`` makes the disk full from now on."""
+
+    def __init__(self, base: str, size: int, simulate: bool = False):
+        self.path = os.path.join(base, "small_disk")
+        self.flag = os.path.join(base, "small_disk.full")
+        os.makedirs(self.path)
+        self.mounted = not simulate and _mount_tmpfs(self.path, size)
+        self.env = {} if self.mounted else {
+            "PYTHONPATH": FULL_DISK_SHIM, "FULL_DISK_DIR": self.path, "FULL_DISK_BYTES": str(size),
+            "FULL_DISK_FLAG": self.flag}
+
+    def fill(self) -> None:
+        if not self.mounted:
+            open(self.flag, "w").close()
+            return
+        with open(os.path.join(self.path, "filler"), "wb", buffering=0) as f:  # unbuffered: nothing left to flush
+            try:
+                while True:  # a short write fills the last pages, the next one fails
+                    f.write(b"\0" * (1 << 20))
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", "-l", self.path], capture_output=True)
+
+
+def _mount_tmpfs(path: str, size: int) -> bool:
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        return False
+    try:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], capture_output=True,
+                           timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+def temporaries(*dirs: str) -> list[str]:
+    """The unfinished files (``.<name>.<random>.tmp``) left below ``dirs``."""
+    return [p for p in files_under(*dirs) if os.path.basename(p).startswith(".") and p.endswith(".tmp")]
+
+
+# ---------------------------------------------------------------------------------------------- processes
+
+def descendants(pid: int) -> list[int]:
+    """Every living process below ``pid`` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+            if fields[0] != "Z":
+                children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def alive(pids: list[int]) -> list[int]:
+    """The processes of ``pids`` that still run (zombies count as ended)."""
+    running = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    running.append(pid)
+        except OSError:
+            pass
+    return running

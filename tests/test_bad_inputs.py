@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from datasets.transforms import build_transform, dataset_cfg_problems
@@ -194,6 +195,12 @@ def _(w: World) -> Run:
     return Run(["--root", w.data, "--list", os.path.join(w.data, VAL_LIST)], (image, "same size"))
 
 
+@case(CHECK, "check_data-line-without-mask-column")
+def _(w: World) -> Run:
+    lst = w.write("one_column.txt", "voc/VOCdevkit/VOC2012/JPEGImages/val_000000.jpg\n")
+    return Run(["--root", w.data, "--list", lst], (lst, "line 1", "no mask column"))
+
+
 @case(CHECK, "check_data-limit-below-1")
 def _(w: World) -> Run:
     return Run(["--root", w.data, "--list", os.path.join(w.data, VAL_LIST), "--limit", "0"], ("--limit 0",))
@@ -313,6 +320,15 @@ def _(w: World) -> Run:
     return Run(w.eval_args(log=log), (os.path.dirname(log), "not writable"))
 
 
+@case(EVAL, "eval-three-column-line")
+def _(w: World) -> Run:
+    with open(os.path.join(w.data, VAL_LIST)) as f:
+        lines = f.read().splitlines()
+    lines[1] += " extra.png"
+    lst = w.write("three_columns.txt", "\n".join(lines) + "\n")
+    return Run(w.eval_args(filelist=lst), ("malformed list line",), stdout_words=("line 2", "3 columns"))
+
+
 @case(EVAL, "eval-malformed-oracle-size")
 def _(w: World) -> Run:
     return Run(w.eval_args(None, None, None, "--oracle-from", "64by64"), ("--oracle-from", "64by64", "HxW"))
@@ -428,6 +444,44 @@ def _(w: World) -> Run:
     return Run(w.train_args(sets=("DATASET.SCALE_FROM", "1.5")), ("DATASET.SCALE_FROM", "1.5"))
 
 
+def _config_with(w: World, group: str, key: str, value: float) -> str:
+    """The test config as YAML with one value changed (YAML spells NaN and infinity, --set cannot)."""
+    with open(CONFIG) as f:
+        cfg = yaml.safe_load(f)
+    cfg.setdefault(group, {})[key] = value
+    return w.write("changed.yaml", yaml.safe_dump(cfg))
+
+
+@case(TRAIN, "train-learning-rate-nan-in-yaml")
+def _(w: World) -> Run:
+    return Run(w.train_args(cfg=_config_with(w, "NET", "LR", float("nan"))), ("NET.LR", "nan", "finite"))
+
+
+@case(TRAIN, "train-learning-rate-infinite")
+def _(w: World) -> Run:
+    return Run(w.train_args(sets=("NET.LR", "1e999")), ("NET.LR", "inf", "finite"))
+
+
+@case(TRAIN, "train-negative-learning-rate")
+def _(w: World) -> Run:
+    return Run(w.train_args(sets=("NET.LR", "-0.01")), ("NET.LR", "-0.01", ">= 0"))
+
+
+@case(TRAIN, "train-negative-weight-decay")
+def _(w: World) -> Run:
+    return Run(w.train_args(sets=("NET.WEIGHT_DECAY", "-0.0001")), ("NET.WEIGHT_DECAY", ">= 0"))
+
+
+@case(TRAIN, "train-momentum-out-of-range")
+def _(w: World) -> Run:
+    return Run(w.train_args(sets=("NET.MOMENTUM", "1.5")), ("NET.MOMENTUM", "1.5", "[0, 1)"))
+
+
+@case(TRAIN, "train-gate-ratio-out-of-range")
+def _(w: World) -> Run:
+    return Run(w.train_args(sets=("NET.SG_PSI", "-0.3")), ("NET.SG_PSI", "[0, 1]"))
+
+
 # ------------------------------------------------------------------------------------------------------ infer_val.py
 
 INFER = "infer_val.py"
@@ -485,6 +539,18 @@ def _(w: World) -> Run:
     w.snapshot()
     out = w.blocked("masks")
     return Run(w.infer_args(out=out), (out, "--mask-output-dir"))
+
+
+@case(INFER, "infer-class-score-threshold-out-of-range")
+def _(w: World) -> Run:
+    w.snapshot()
+    return Run(w.infer_args(sets=("TEST.FP_CUT_SCORE", "1.5")), ("TEST.FP_CUT_SCORE", "[0, 1]"))
+
+
+@case(INFER, "infer-zero-scale")
+def _(w: World) -> Run:
+    w.snapshot()
+    return Run(w.infer_args(sets=("TEST.SCALES", "[1, 0]")), ("TEST.SCALES", "> 0"))
 
 
 @case(INFER, "infer-corrupt-jpeg-last-in-list")
@@ -569,8 +635,8 @@ def test_without_pydensecrf_the_suggested_no_crf_passes_the_check(tmp_path, synt
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, describe(proc)
 
 
-def test_at_least_25_distinct_cases_over_every_entry_point():
-    assert len({c.id for c in CASES}) == len(CASES) >= 25
+def test_at_least_60_distinct_cases_over_every_entry_point():
+    assert len({c.id for c in CASES}) == len(CASES) >= 60
     assert {c.script for c in CASES} >= {"train.py", "infer_val.py", "eval_seg.py", "tools/check_data.py",
                                          "tools/make_filelists.py", "tools/convert_sbd.py", "tools/make_synthetic.py"}
 

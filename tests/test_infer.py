@@ -303,16 +303,16 @@ def test_killed_writer_process_names_the_image(setup, synthetic_root, tmp_path, 
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])
-def test_failing_writer_job_stops_the_run_with_the_image(setup, synthetic_root, tmp_path, workers, capsys):
+def test_failing_writer_job_stops_the_run_with_the_image(setup, synthetic_root, tmp_path, workers):
     base, cfgs = setup
     out = tmp_path / "o"
     (out / "crf" / "val_000002.png").mkdir(parents=True)  # the CRF mask cannot be written over a folder
     args = _args(base, cfgs["ae"], "ae", os.path.join(synthetic_root, "val_voc.txt"), str(out), synthetic_root)
     args[args.index("--workers") + 1] = workers
-    with pytest.raises(UserError, match="CRF/writer failed on val_000002: IsADirectoryError") as e:
+    with pytest.raises(UserError, match="CRF/writer failed on val_000002: cannot write .*crf/val_000002.png: "
+                                        "a directory is in the way") as e:
         infer_val.main(args)
     assert len(str(e.value).splitlines()) == 1
-    assert "writer traceback for val_000002" in capsys.readouterr().out  # the cause is kept in the log
     assert not os.path.exists(out / "val_000005.png")  # the run stopped
 
 

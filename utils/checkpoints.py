@@ -4,7 +4,8 @@ A snapshot with suffix S is ``model_enc_S.pth`` (the unwrapped model's state_dic
 ``opt_enc_S.pth`` (the optimiser's state_dict), as the original, plus our ``state_enc_S.pth`` with what an exact
 resume needs (epoch, position in the epoch, best score, RNG states, the epoch's running sums). Each file is written
 to a temporary name and renamed; the optimiser and state files first, the model file last, so a snapshot whose
-model file exists is complete, and rotation deletes the model file first.
+model file exists is complete, and rotation deletes the model file first. A save that fails (a full disk) removes
+the files it had written: a snapshot is all there or not at all.
 
 Suffixes:
 * ``e%03dXs%4.3f`` (epoch, checkpoint score): the original's "best" snapshots, taken in validation before the
@@ -17,6 +18,7 @@ Suffixes:
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -171,11 +173,21 @@ class Checkpointer:
         paths = self.paths(suffix)
         if os.path.exists(paths["model"]):
             return False
-        if self.optimizer is not None:
-            save_torch(_to_cpu(self.optimizer.state_dict()), paths["opt"])
-        if state is not None:
-            save_torch(_to_cpu(state), paths["state"])
-        save_torch(clean_state_dict(self.model.state_dict()), paths["model"])
+        written = []
+        try:
+            if self.optimizer is not None:
+                written.append(paths["opt"])
+                save_torch(_to_cpu(self.optimizer.state_dict()), paths["opt"])
+            if state is not None:
+                written.append(paths["state"])
+                save_torch(_to_cpu(state), paths["state"])
+            save_torch(clean_state_dict(self.model.state_dict()), paths["model"])
+        except BaseException:
+            # all files of a snapshot or none: a full disk (or a second signal) must not leave an opt/state pair
+            for path in written:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            raise
         kind = parse_suffix(suffix)
         if kind is not None and kind[0] == "interrupt":
             for old in list_snapshots(self.snapshot_dir, self.name):
@@ -187,6 +199,11 @@ class Checkpointer:
             while len(self.tracked) > self.max_keep:
                 self.delete(self.tracked.pop(0))
         return True
+
+    def last_good(self) -> str | None:
+        """The newest complete snapshot of the run directory (what ``--resume last`` takes), or None."""
+        found = list_snapshots(self.snapshot_dir, self.name)
+        return found[-1] if found else None
 
     def delete(self, suffix: str) -> None:
         """Remove a snapshot: the model file first, so it never looks complete while half deleted."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import math
 from typing import Any, Iterable
 
 import numpy as np
@@ -265,3 +266,70 @@ def _plain(v: Any) -> Any:
 def cfg_to_yaml(cfg: AttrDict) -> str:
     """The resolved config as YAML that ``merge_from_file`` reads back to the same values."""
     return yaml.safe_dump(_plain(cfg), sort_keys=False, default_flow_style=None)
+
+
+# --- ranges of the numeric keys -------------------------------------------------------------------------------
+# key -> (low, high, whether high itself is allowed, what the value is); low is always allowed, every value must be
+# finite. A list key's rule holds for each element. Keys checked where they are used with their own messages
+# (TRAIN.BATCH_SIZE, TRAIN.VAL_EVERY, TRAIN.MAX_ITERS, DATASET.*, TEST.BATCH_SIZE, MASKS.CRF.ITER and the CRF
+# kernel widths) are not repeated here.
+INF = float("inf")
+TRAIN_RANGES: dict[str, tuple[float, float, bool, str]] = {
+    "NET.LR": (0, INF, False, "a learning rate >= 0 (the configs use 0.001 or 0.0005)"),
+    "NET.WEIGHT_DECAY": (0, INF, False, "a weight decay >= 0 (the configs use 1e-5 to 5e-4)"),
+    "NET.MOMENTUM": (0, 1, False, "an SGD momentum in [0, 1) (the original's 0.9)"),
+    "NET.BETA1": (0, 1, False, "an Adam beta1 in [0, 1) (the configs use 0.5 or 0.9)"),
+    "NET.MASK_LOSS_BCE": (0, INF, False, "a loss weight >= 0 (the original's 1.0)"),
+    "NET.BG_SCORE": (0, 1, True, "a background score in [0, 1] (the original's 0.1)"),
+    "NET.FOCAL_P": (0, INF, False, "a focal exponent >= 0 (the original's 3)"),
+    "NET.FOCAL_LAMBDA": (0, INF, False, "a focal weight >= 0 (the original's 0.01)"),
+    "NET.SG_PSI": (0, 1, True, "a gate mixing ratio in [0, 1] (the original's 0.3)"),
+    "NET.PAMR_ITER": (0, INF, False, "a number of PAMR iterations >= 0 (the original's 10)"),
+    "NET.PAMR_KERNEL": (1, INF, False, "PAMR dilations of at least 1 (the original's [1, 2, 4, 8, 12, 24])"),
+    "NET.HEAD_WIDTH": (1, INF, False, "a channel count >= 1 (the original's 256)"),
+    "NET.LIGHT_WIDTH": (1, INF, False, "a channel count >= 1 (torchvision's 64)"),
+    "TRAIN.NUM_EPOCHS": (0, INF, False, "a last epoch >= 0"),
+    "TRAIN.PRETRAIN": (0, INF, False, "an epoch >= 0 from which the mask loss joins (the original's 5)"),
+    "TRAIN.MASK_LOSS": (0, INF, False, "a loss weight >= 0"),
+}
+INFER_RANGES: dict[str, tuple[float, float, bool, str]] = {
+    "NET.PAMR_ITER": TRAIN_RANGES["NET.PAMR_ITER"],
+    "NET.PAMR_KERNEL": TRAIN_RANGES["NET.PAMR_KERNEL"],
+    "NET.HEAD_WIDTH": TRAIN_RANGES["NET.HEAD_WIDTH"],
+    "NET.LIGHT_WIDTH": TRAIN_RANGES["NET.LIGHT_WIDTH"],
+    "TEST.SCALES": (1e-6, INF, False, "image scales > 0 (the original's [1, 0.5, 1.5, 2.0])"),
+    "TEST.PAD_SIZE": (1, INF, False, "a canvas [height, width] of at least 1 pixel (the original's [1024, 1024])"),
+    "TEST.CROP_SIZE": (1, INF, False, "a crop [height, width] of at least 1 pixel (the original's [448, 448])"),
+    "TEST.CROP_GRID_SIZE": (1, INF, False, "a grid [rows, columns] of at least 1 (the original's [2, 2])"),
+    "TEST.BG_POW": (0, INF, False, "a background exponent >= 0 (the original's 3)"),
+    "TEST.FP_CUT_SCORE": (0, 1, True, "a class score threshold in [0, 1] (the original's 0.1)"),
+    "MASKS.CRF.POS_W": (0, INF, False, "a kernel weight >= 0 (the original's 3)"),
+    "MASKS.CRF.BI_W": (0, INF, False, "a kernel weight >= 0 (the original's 10)"),
+}
+
+
+def _lookup(cfg: AttrDict, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _in_range(value: float, low: float, high: float, high_ok: bool) -> bool:
+    return math.isfinite(value) and low <= value and (value < high or (high_ok and value == high))
+
+
+def range_problems(cfg: AttrDict, ranges: dict[str, tuple[float, float, bool, str]]) -> list[str]:
+    """Keys of ``ranges`` whose value (or an element of it) is outside its range or not finite; one line each."""
+    problems = []
+    for key, (low, high, high_ok, what) in ranges.items():
+        value = _lookup(cfg, key)
+        values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
+        bad = [v for v in values if not isinstance(v, (int, float)) or isinstance(v, bool)
+               or not _in_range(float(v), low, high, high_ok)]
+        if bad:
+            shown = value.tolist() if isinstance(value, np.ndarray) else value
+            finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+            problems.append(f"config key {key} is {shown!r}{'' if finite else ', not a finite number'}; "
+                            f"give {what}")
+    return problems

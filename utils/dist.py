@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import signal
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -21,6 +20,7 @@ import torch.nn as nn
 from torch.utils.data import Sampler
 
 from utils.errors import UserError
+from utils.procs import die_with_parent
 
 
 @dataclass
@@ -210,5 +210,6 @@ class SeededSamples(torch.utils.data.Dataset):
 
 
 def worker_init(worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C to the main process, which finishes the iteration and saves a snapshot."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """DataLoader workers leave Ctrl-C to the main process, which finishes the iteration and saves a snapshot, and
+    end with it if it is killed."""
+    die_with_parent()

@@ -27,6 +27,7 @@ from datasets.voc import IGNORE_INDEX, MEAN, PALETTE, PALETTE_FLAT, STD, normali
 from utils.dcrf import CRFParams, dense_crf
 from utils.errors import UserError
 from utils.fileio import atomic_path, save_image
+from utils.procs import die_with_parent
 
 OVERLAY_ALPHA = 0.3  # weight of the image in the visualisation panels (the original's alpha)
 
@@ -273,7 +274,7 @@ class WriterPool:
             # fork where available: workers start at once without re-importing torch; start them now, before the
             # network's threads exist
             ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent)
             self.pool.submit(_noop).result()
 
     def submit(self, image_id: str, fn: Callable[..., Any], *args: Any) -> None:

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
 from datasets.voc import CLASS_NAMES, NUM_CLASSES, PALETTE, denorm
+from utils.fileio import write_error
 
 PANELS = ("cam", "dec", "pseudo")  # overlays, in the original's order
 IMAGE_WEIGHT = 0.3  # overlay = 0.3 image + 0.7 colour * confidence
@@ -88,16 +89,24 @@ class EventWriter:
     def __init__(self, logdir: str):
         from tensorboardX.event_file_writer import EventsWriter
 
-        os.makedirs(logdir, exist_ok=True)
-        self._writer = EventsWriter(os.path.join(logdir, "events"))
+        self._failed = False
+        try:
+            os.makedirs(logdir, exist_ok=True)
+            self._writer = EventsWriter(os.path.join(logdir, "events"))
+        except OSError as e:
+            raise write_error(getattr(e, "filename", None) or logdir, e) from None
 
     def _write(self, summary, step: int) -> None:
         import time
 
         from tensorboardX.proto.event_pb2 import Event
 
-        self._writer.write_event(Event(summary=summary, wall_time=time.time(), step=int(step)))
-        self._writer.flush()
+        try:
+            self._writer.write_event(Event(summary=summary, wall_time=time.time(), step=int(step)))
+            self._writer.flush()
+        except OSError as e:  # a full disk: the file keeps the events before this one (a reader skips the rest)
+            self._failed = True
+            raise write_error(self._writer._file_name, e) from None
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
         from tensorboardX.summary import scalar
@@ -111,7 +120,11 @@ class EventWriter:
         self._write(image_summary(tag, image.detach().cpu().numpy(), dataformats="CHW"), step)
 
     def close(self) -> None:
-        self._writer.close()
+        try:
+            self._writer.close()
+        except OSError as e:
+            if not self._failed:  # after a failed write the buffered rest cannot be written either; said already
+                raise write_error(self._writer._file_name, e) from None
 
 
 # --- reading the event files back (tests, tools); tensorboard's own reader is not a dependency ---
