@@ -1,11 +1,20 @@
-"""Helpers shared by the bench/ scripts: what machine ran, timing with warm-up and repeats, peak memory, a
-printed table and the JSON result in bench/results/<name>.json.
+"""Helpers shared by the bench/ scripts: what machine ran, timing with warm-up and repeats, peak memory, FLOPs and
+the machine's peak rate, a printed table and the JSON result in bench/results/<name>.json.
 
 Peak memory on CPU is read from the kernel (VmHWM of /proc/self/status, the resident high-water mark, reset
 through /proc/self/clear_refs before the measured call) because tracemalloc does not see torch's allocations.
 The allocator keeps freed memory for reuse, so each measured variant runs in a fresh process:
 ``measure_in_subprocess`` starts the script again with its child arguments and reads back the one line that
 ``report_child`` prints. On CUDA, torch's own peak counter is exact within one process.
+
+FLOPs are counted over what a call actually runs (``count_flops``): torch's FlopCounterMode over the forward and
+backward, with convolutions counted only for the kernel taps that read the input. A tap that falls into the zero
+padding only multiplies a zero (a dilation-24 3x3 convolution of a 16x16 map reads the input with its centre tap
+only), and oneDNN skips much of that work, so counting it would credit a step with work it does not do. The
+machine's peak (``peak_rate``) is the best rate of a matrix product and several 3x3 convolutions (forward, and
+forward with backward) in the step's precision and thread count, counted by the same rules: on CPUs where MKL's
+matrix product runs a narrower instruction set than oneDNN's convolutions (AMD: AVX2 against AVX-512), a matmul
+alone sets the peak at half of what the step's convolutions reach.
 """
 from __future__ import annotations
 
@@ -16,9 +25,12 @@ import statistics
 import subprocess
 import sys
 import time
+from math import prod
 from typing import Any, Callable, Sequence
 
 import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(ROOT, "bench", "results")
@@ -72,14 +84,15 @@ def synchronize(device: str | torch.device) -> None:
 
 
 def time_fn(fn: Callable[[], Any], warmup: int = 1, repeats: int = 5,
-            device: str | torch.device = "cpu") -> dict[str, Any]:
+            device: str | torch.device = "cpu", min_time_s: float = 0.0) -> dict[str, Any]:
     """Run ``fn`` ``warmup`` times untimed (first-call costs: allocations, kernel selection), then ``repeats``
-    times timed. The median is the figure to quote on a shared machine; the minimum and all runs are kept."""
+    times timed, and more until the timed runs add up to ``min_time_s``. The median is the figure to quote on a
+    shared machine; the minimum and all runs are kept."""
     for _ in range(warmup):
         fn()
     synchronize(device)
-    runs = []
-    for _ in range(repeats):
+    runs: list[float] = []
+    while len(runs) < repeats or sum(runs) < min_time_s:
         t0 = time.perf_counter()
         fn()
         synchronize(device)
@@ -154,3 +167,118 @@ def write_results(name: str, payload: dict[str, Any], device: str | torch.device
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info(device), **payload}
     write_json(path, result)
     return path
+
+
+# ---- FLOPs and the machine's peak rate
+
+def _taps_inside(size_in: int, size_out: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Along one axis: the (output position, kernel tap) pairs of a direct convolution whose input index lies inside
+    the input, i.e. the multiply-adds per channel pair that read data rather than padding."""
+    return sum(1 for o in range(size_out) for k in range(kernel)
+               if 0 <= o * stride - padding + k * dilation < size_in)
+
+
+def _conv_macs(x_shape, w_shape, out_shape, stride, padding, dilation, transposed: bool) -> int:
+    """Multiply-adds of one convolution ``x [B,Cin,*S] -> out`` with weight ``w``, padding taps left out. A
+    transposed convolution runs the direct one backwards (its output is the direct one's input), so the pairs are
+    the same with input and output swapped; in both cases ``w`` is [C, C'/groups, *k] and the MACs are
+    B * C * C'/groups * (taps inside, per axis)."""
+    direct_in, direct_out = (out_shape, x_shape) if transposed else (x_shape, out_shape)
+    taps = prod(_taps_inside(i, o, k, s, p, d) for i, o, k, s, p, d in
+                zip(direct_in[2:], direct_out[2:], w_shape[2:], stride, padding, dilation))
+    return x_shape[0] * w_shape[0] * w_shape[1] * taps
+
+
+def _conv_flop(x_shape, w_shape, _bias, stride, padding, dilation, transposed, *args, out_shape=None,
+               **kwargs) -> int:
+    return 2 * _conv_macs(x_shape, w_shape, out_shape, stride, padding, dilation, transposed)
+
+
+def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, stride, padding, dilation, transposed,
+                        _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """The input gradient and the weight gradient each pair the same (output, tap) positions as the forward; only
+    the gradients that autograd asks for run (none of the weight's for a frozen layer, none of the input's for the
+    first layer)."""
+    macs = _conv_macs(x_shape, w_shape, grad_out_shape, stride, padding, dilation, transposed)
+    return 2 * macs * (int(output_mask[0]) + int(output_mask[1]))
+
+
+_aten = torch.ops.aten
+CONV_FLOP_FORMULAS = {
+    **{op: _conv_flop for op in (_aten.convolution, _aten._convolution, _aten.cudnn_convolution,
+                                 _aten._slow_conv2d_forward, _aten.convolution_overrideable)},
+    _aten.convolution_backward: _conv_backward_flop,
+}
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's FlopCounterMode (matrix products: 2 * m * n * k, forward and backward as they run) with
+    convolutions counted over the taps inside the input (module docstring). Bias additions, normalisation and
+    element-wise operations are not counted."""
+    return FlopCounterMode(display=False, custom_mapping=CONV_FLOP_FORMULAS)
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """The FLOPs of one call of ``fn`` (forward, backward, whatever it runs), counted by ``flop_counter``."""
+    with flop_counter() as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+# (batch, channels, side) of the 3x3 convolutions and the sides of the square matrix products that ``peak_rate``
+# times. On a CPU a few milliseconds each, so that their best run, like a step's, can fall into a moment when other
+# processes leave the cores alone; on a GPU large enough that kernel launches do not limit them.
+PEAK_CONVS = {"cpu": [(2, 256, 32), (1, 128, 64), (2, 256, 64), (2, 512, 16)],
+              "cuda": [(32, 256, 128), (32, 512, 64)]}
+PEAK_MATMULS = {"cpu": [1024], "cuda": [4096, 8192]}
+PEAK_MIN_TIME_S = 0.2  # each workload is timed over at least this long
+
+
+def peak_workloads(device: str | torch.device = "cpu",
+                   dtype: torch.dtype = torch.float32) -> dict[str, Callable[[], Any]]:
+    """The calls ``peak_rate`` times: square matrix products, 3x3 convolutions (padding 1) forward, and the first
+    convolution forward with both gradients."""
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int, grad: bool = False) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(device, dtype).requires_grad_(grad)
+
+    work: dict[str, Callable[[], Any]] = {}
+    for n in PEAK_MATMULS[device.type]:
+        a, b, out = rand(n, n), rand(n, n), rand(n, n)
+        work[f"matmul {n}^3"] = lambda a=a, b=b, out=out: torch.mm(a, b, out=out)
+    for i, (batch, ch, side) in enumerate(PEAK_CONVS[device.type]):
+        x, w = rand(batch, ch, side, side), rand(ch, ch, 3, 3)
+        name = f"conv3x3 {ch}ch {batch}x{side}x{side}"
+        work[name] = lambda x=x, w=w: F.conv2d(x, w, padding=1)
+        if i == 0:
+            xg, wg = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+            grad = torch.ones_like(F.conv2d(x, w, padding=1))
+
+            def fwd_bwd(xg=xg, wg=wg, grad=grad) -> None:
+                xg.grad = wg.grad = None
+                F.conv2d(xg, wg, padding=1).backward(grad)
+
+            work[name + " fwd+bwd"] = fwd_bwd
+    return work
+
+
+def peak_rate(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, repeats: int = 3,
+              min_time_s: float = PEAK_MIN_TIME_S) -> dict[str, Any]:
+    """The machine's peak FLOP/s as it can be reached here: the best rate over ``peak_workloads`` (each the
+    fastest of at least ``repeats`` timed calls over at least ``min_time_s``, after a warm-up), in ``dtype`` with
+    torch's current thread count. A step made of the same operations cannot beat it by more than measurement noise;
+    on a shared machine, measure it next to the step (the load changes both alike) and keep the best."""
+    rates = {}
+    for name, fn in peak_workloads(device, dtype).items():
+        flops = count_flops(fn)  # also the warm-up call
+        rates[name] = flops / time_fn(fn, warmup=0, repeats=repeats, device=device, min_time_s=min_time_s)["min_s"]
+    best = max(rates, key=rates.get)
+    return {"flops_per_s": rates[best], "workload": best, "dtype": str(dtype).replace("torch.", ""),
+            "threads": torch.get_num_threads(), "rates": {k: round(v) for k, v in rates.items()}}
+
+
+def fraction_of_peak(flops: float, seconds: float, peak_flops_per_s: float) -> float:
+    """How much of the peak rate a call of ``flops`` FLOPs taking ``seconds`` reaches (1.0 = the peak)."""
+    return flops / seconds / peak_flops_per_s

@@ -1,0 +1,118 @@
+"""FLOP counting and the peak rate of bench/common.py: single layers whose forward and backward FLOPs are derived by
+hand (padding taps, dilation, stride, groups, transposed, frozen layers), a step that stays below the measured peak,
+and bench/train_step.py reporting fractions from counted FLOPs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from bench.common import count_flops, fraction_of_peak, peak_rate, time_fn
+from tests.helpers import describe, run_script
+
+
+def fwd_bwd(layer: nn.Module, x: torch.Tensor):
+    return lambda: layer(x).sum().backward()
+
+
+def conv(*args, **kwargs) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Conv2d(*args, bias=False, **kwargs)
+
+
+def test_conv_without_padding_forward_and_both_gradients():
+    # 3 -> 4 channels, 3x3 on 6x6: a 4x4 output, every tap inside; MACs = B * Cout * Cin * 9 * 16 = 3456 per pass
+    layer, x = conv(3, 4, 3), torch.randn(2, 3, 6, 6)
+    assert count_flops(lambda: layer(x)) == 2 * 3456
+    assert count_flops(fwd_bwd(layer, x)) == 2 * 3456 * 2  # first layer: the weight's gradient only
+    assert count_flops(fwd_bwd(layer, x.requires_grad_(True))) == 2 * 3456 * 3  # also the input's gradient
+
+
+def test_frozen_layer_gets_no_weight_gradient():
+    # conv1 frozen, input without gradient: conv1 runs forward only; conv2 needs its weight's gradient only
+    net = nn.Sequential(conv(2, 3, 1), nn.ReLU(), conv(3, 5, 1))
+    net[0].weight.requires_grad_(False)
+    x = torch.randn(1, 2, 4, 4)
+    macs1, macs2 = 16 * 2 * 3, 16 * 3 * 5
+    assert count_flops(fwd_bwd(net, x)) == 2 * (macs1 + macs2 + macs2)
+    # with conv1 trainable, conv2 also passes the gradient to its input, and conv1 gets its weight's gradient
+    net[0].weight.requires_grad_(True)
+    assert count_flops(fwd_bwd(net, x)) == 2 * (2 * macs1 + 3 * macs2)
+
+
+@pytest.mark.parametrize("kwargs, size, taps_per_axis", [
+    (dict(padding=1), 4, 4 * 3 - 2),  # the two border outputs lose one tap each to the padding
+    (dict(padding=5, dilation=5), 4, 4),  # dilation 5 on 4 pixels: only the centre tap reads the input
+    (dict(padding=2, dilation=2), 5, 5 + 3 + 3),  # centre 5, each side tap reaches 3 of the 5 outputs
+    (dict(stride=2, padding=1), 5, 2 + 3 + 2),  # outputs 0, 1, 2 read inputs -1..1, 1..3, 3..5
+])
+def test_padding_taps_are_not_counted(kwargs, size, taps_per_axis):
+    layer, x = conv(2, 3, 3, **kwargs), torch.randn(1, 2, size, size, requires_grad=True)
+    macs = 2 * 3 * taps_per_axis ** 2
+    assert count_flops(lambda: layer(x)) == 2 * macs
+    assert count_flops(fwd_bwd(layer, x)) == 2 * macs * 3
+
+
+def test_grouped_and_transposed_convolutions():
+    # depthwise 3x3 on 5x5 (3x3 output): each of the 4 channels sees its own 1-channel filter
+    layer, x = conv(4, 4, 3, groups=4), torch.randn(1, 4, 5, 5, requires_grad=True)
+    assert count_flops(fwd_bwd(layer, x)) == 2 * (4 * 1 * 9 * 9) * 3
+    # transposed 2 -> 3, 3x3: every input pixel spreads over 9 outputs; padding 1 crops the 6x6 output to 4x4,
+    # which leaves 10 of the 12 (input, tap) pairs per axis
+    torch.manual_seed(0)
+    up, x = nn.ConvTranspose2d(2, 3, 3, bias=False), torch.randn(1, 2, 4, 4, requires_grad=True)
+    assert count_flops(fwd_bwd(up, x)) == 2 * (16 * 9 * 2 * 3) * 3
+    crop = nn.ConvTranspose2d(2, 3, 3, padding=1, bias=False)
+    assert count_flops(fwd_bwd(crop, x)) == 2 * (10 * 10 * 2 * 3) * 3
+
+
+def test_linear_layer():
+    torch.manual_seed(0)
+    layer, x = nn.Linear(8, 5), torch.randn(4, 8, requires_grad=True)
+    assert count_flops(lambda: layer(x)) == 2 * 4 * 8 * 5  # the bias addition is not counted
+    assert count_flops(fwd_bwd(layer, x)) == 2 * 4 * 8 * 5 * 3
+
+
+def test_fraction_of_peak():
+    assert fraction_of_peak(3e9, 0.5, 12e9) == pytest.approx(0.5)
+
+
+def test_training_step_of_one_conv_stays_below_the_peak():
+    # a step of a single 3x3 convolution (forward, backward, SGD) against the peak measured next to it
+    layer = conv(64, 64, 3, padding=1)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    x = torch.randn(2, 64, 32, 32)
+
+    def train_step() -> None:
+        opt.zero_grad()
+        layer(x).square().mean().backward()
+        opt.step()
+
+    flops = count_flops(train_step)
+    assert flops == 2 * (2 * 64 * 64 * (32 * 3 - 2) ** 2) * 2  # forward and the weight's gradient
+    # in turns, as bench/train_step.py does, so that other processes on the shared machine slow both alike; the
+    # fastest step against the best peak
+    peaks, steps = [], []
+    for _ in range(3):
+        peaks.append(peak_rate(min_time_s=0.1))
+        steps.append(time_fn(train_step, warmup=0, repeats=3, min_time_s=0.1)["min_s"])
+    assert peaks[0]["dtype"] == "float32" and len(peaks[0]["rates"]) == 6
+    assert 0 < fraction_of_peak(flops, min(steps), max(p["flops_per_s"] for p in peaks)) < 1
+
+
+def test_train_step_bench_reports_counted_fractions(tmp_path):
+    out = tmp_path / "train_step.json"
+    proc = run_script("bench/train_step.py", "--backbones", "resnet18", "--batch", "1", "--size", "32",
+                      "--steps", "1", "--out", str(out))
+    assert proc.returncode == 0, describe(proc)
+    result = json.loads(out.read_text())
+    row = result["rows"][0]
+    peak = result["peak"]["fp32"]
+    assert row["ours"]["flops"] > 0 and peak["threads"] == result["threads"] == 1
+    assert row["peak_gflops"] == pytest.approx(peak["flops_per_s"] / 1e9, abs=0.01)
+    assert row["fraction_of_peak"] == pytest.approx(
+        row["ours"]["flops"] / min(row["ours"]["step_runs_s"]) / peak["flops_per_s"], rel=1e-3)
+    assert 0 < row["fraction_of_peak"] < 1
+    assert "of peak" in proc.stdout and "peak float32:" in proc.stdout
