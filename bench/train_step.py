@@ -7,7 +7,11 @@
 
 For each configuration the step of our model is timed next to the same model with the direct PAMR of SPEC 5.8
 (bench/baselines/pamr_spec.py: one conv2d per dilation gathering 48 shifted copies of the mask per iteration), then
-both take further steps in turns, and the ratio of the median step times is reported. Also: images/s, peak memory
+both take further steps in turns, and the ratio of the median step times is reported. Without AMP, the original's
+whole step takes its turns too (bench/baselines/stage_spec.py: SPEC's model, Stochastic Gate, PAMR and loss as
+the original formulates them, in float32, loaded with our model's parameters), with a check that its first step's
+losses and gradients equal ours (dropout and the gate made deterministic, as the two draw their random masks
+differently). Also: images/s, peak memory
 per image (CPU: the rise of the peak resident set over the step; GPU: torch.cuda.max_memory_allocated), the step's
 FLOPs and the fraction of the machine's peak rate they reach. The FLOPs are counted over the first step as it runs
 (bench/common.py ``count_flops``: convolutions and matrix products of the forward and of the backward that autograd
@@ -32,6 +36,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 from bench.baselines.pamr_spec import PAMRSpec  # noqa: E402
+from bench.baselines.stage_spec import SingleStageSpec, first_step_difference  # noqa: E402
 from bench.common import count_flops, fraction_of_peak, peak_rate  # noqa: E402
 from datasets.voc import denorm  # noqa: E402
 from losses import get_criterion  # noqa: E402
@@ -44,6 +49,7 @@ TARGET_RATIO = 1.5  # issue 7: >= 1.5x the direct formulation's step (and never 
 GPU_MEMORY_LIMIT_GB = 24.0  # issue 7: resnet38, batch 16 at 321 with AMP fits one 24 GB card
 AMP_DTYPES = {"": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LOSS_RTOL = 1e-3
+GRAD_RTOL = 1e-3  # of each parameter's largest gradient: PAMR's sums run in another order in the two formulations
 LOSS_RTOL_AMP = 5e-2  # bf16/fp16 round differently in the two PAMR formulations
 
 
@@ -78,10 +84,15 @@ def build(backbone: str, pamr: str, device: torch.device, channels_last: bool, s
     if pamr == "spec":
         model._aff = PAMRSpec(cfg.NET.PAMR_ITER, tuple(cfg.NET.PAMR_KERNEL))
     model.to(device).train()
+    groups = model.parameter_groups(cfg.NET.LR, cfg.NET.WEIGHT_DECAY)
+    if pamr == "orig":  # the original's whole formulation with the same parameters and optimiser groups
+        ours, model = model, SingleStageSpec.from_model(model)
+        name_of = {id(t): n for n, t in ours.named_parameters()}
+        params = dict(model.named_parameters())
+        groups = [{**g, "params": [params[name_of[id(t)]] for t in g["params"]]} for g in groups]
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameter_groups(cfg.NET.LR, cfg.NET.WEIGHT_DECAY), lr=cfg.NET.LR,
-                          momentum=cfg.NET.MOMENTUM, weight_decay=cfg.NET.WEIGHT_DECAY)
+    opt = torch.optim.SGD(groups, lr=cfg.NET.LR, momentum=cfg.NET.MOMENTUM, weight_decay=cfg.NET.WEIGHT_DECAY)
     return model, opt
 
 
@@ -150,13 +161,26 @@ def measure(backbone: str, pamr: str, batch: int, size: int, steps: int, device:
             "flops": flops, "losses": losses, "timed_step": timed_step}
 
 
-def alternate(ours: dict, spec: dict, rounds: int) -> None:
-    """More timed steps of both variants in turns (ours, spec, ours, ...), so that a change of the machine's load
-    during the run hits both alike; the step time becomes the median over all timed steps of a variant."""
+def equivalence(backbone: str, batch: int, size: int, device: torch.device) -> dict:
+    """The first step's losses and gradients of our model and of the original's formulation loaded with its
+    parameters, with dropout and the Stochastic Gate deterministic (bench/baselines/stage_spec.py)."""
+    model, _ = build(backbone, "ours", device, False)
+    spec = SingleStageSpec.from_model(model)
+    image = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
+    labels = torch.zeros(batch, 20, device=device)
+    labels[:, 2] = labels[:, 14] = 1
+    diff = first_step_difference(model, spec, image, denorm(image), labels, get_criterion("SoftMargin"))
+    diff["match"] = diff["loss_rel_diff"] <= LOSS_RTOL and diff["grad_rel_diff"] <= GRAD_RTOL
+    return diff
+
+
+def alternate(variants: list[dict], rounds: int) -> None:
+    """More timed steps of the variants in turns (ours, spec, orig, ours, ...), so that a change of the machine's
+    load during the run hits all alike; the step time becomes the median over all timed steps of a variant."""
     for _ in range(rounds):
-        for r in (ours, spec):
+        for r in variants:
             r["step_runs_s"].append(round(r["timed_step"](), 4))
-    for r in (ours, spec):
+    for r in variants:
         r["step_s"] = round(statistics.median(r["step_runs_s"]), 4)
         r["images_per_s"] = round(r["batch"] / r["step_s"], 3)
         del r["timed_step"]
@@ -203,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{torch.get_num_threads()} threads; {device}")
     rows, checks = [], []
     header = (f"{'backbone':<10} {'batch':>5} {'size':>4} {'amp':>5} | {'ours s':>7} {'spec s':>7} {'ratio':>6} | "
-              f"{'img/s':>6} {'GFLOP':>7} {'of peak':>7} | {'MB/img':>7} {'spec MB/img':>11}")
+              f"{'orig s':>7} {'ratio':>6} | {'img/s':>6} {'GFLOP':>7} {'of peak':>7} | {'MB/img':>7} "
+              f"{'spec MB/img':>11}")
     print(header)
     print("-" * len(header))
     for bb, batch, size, amp in plan:
@@ -211,8 +236,13 @@ def main(argv: list[str] | None = None) -> int:
                        with_flops=not args.compile)
         spec = measure(bb, "spec", batch, size, args.steps, device, amp, args.channels_last, args.compile,
                        with_flops=False)
-        alternate(ours, spec, args.steps)
+        # the original's whole step (its model, SG, PAMR and loss) in float32, as it trained
+        orig = None if amp else measure(bb, "orig", batch, size, args.steps, device, amp, args.channels_last,
+                                        args.compile, with_flops=False)
+        alternate([v for v in (ours, spec, orig) if v is not None], args.steps)
         ratio = spec["step_s"] / ours["step_s"]
+        ratio_orig = orig["step_s"] / ours["step_s"] if orig else None
+        equiv = None if amp else equivalence(bb, batch, size, device)
         peak = update_peak(amp)  # after the steps, under the load they ran with
         frac = None
         if ours["flops"]:  # the fastest step against the best peak: both as little slowed by other load as seen
@@ -221,8 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         # (later steps drift apart by float rounding, faster with TF32 convolutions on GPU)
         tol = LOSS_RTOL if not amp else LOSS_RTOL_AMP
         same = abs(ours["losses"][0] - spec["losses"][0]) <= tol * max(1.0, abs(spec["losses"][0]))
-        checks.append(same)
-        row = {"ours": ours, "spec": spec, "speedup_vs_spec": round(ratio, 3),
+        checks.append(same and (equiv is None or equiv["match"]))
+        row = {"ours": ours, "spec": spec, "orig": orig, "speedup_vs_spec": round(ratio, 3),
+               "speedup_vs_orig": round(ratio_orig, 3) if ratio_orig else None, "orig_equivalence": equiv,
                "fraction_of_peak": round(frac, 4) if frac is not None else None,
                "peak_gflops": round(peak["flops_per_s"] / 1e9, 2), "losses_match": same}
         if device.type == "cuda" and batch == 16 and size == 321:
@@ -231,10 +262,13 @@ def main(argv: list[str] | None = None) -> int:
         mem = ours["peak_memory_per_image_mb"]
         smem = spec["peak_memory_per_image_mb"]
         print(f"{bb:<10} {batch:>5} {size:>4} {ours['amp']:>5} | {ours['step_s']:>7.2f} {spec['step_s']:>7.2f} "
-              f"{ratio:>5.2f}x | {ours['images_per_s']:>6.2f} {(ours['flops'] or 0) / 1e9:>7.1f} "
+              f"{ratio:>5.2f}x | " + (f"{orig['step_s']:>7.2f} {ratio_orig:>5.2f}x" if orig else f"{'n/a':>7} {'':>6}")
+              + f" | {ours['images_per_s']:>6.2f} {(ours['flops'] or 0) / 1e9:>7.1f} "
               f"{(frac or 0) * 100:>6.1f}% | {mem if mem is not None else 'n/a':>7} "
-              f"{smem if smem is not None else 'n/a':>11}" + ("" if same else "  LOSSES DIFFER"), flush=True)
+              f"{smem if smem is not None else 'n/a':>11}" + ("" if same else "  LOSSES DIFFER")
+              + ("" if equiv is None or equiv["match"] else "  ORIGINAL'S STEP DIFFERS"), flush=True)
     ratios = [r["speedup_vs_spec"] for r in rows]
+    ratios_orig = [r["speedup_vs_orig"] for r in rows if r["speedup_vs_orig"]]
     result = {
         "benchmark": "train_step",
         "command": " ".join(["bench/train_step.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -247,12 +281,16 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "targets": {"speedup_vs_spec": TARGET_RATIO, "never_slower": True,
                     "reached": min(ratios) >= TARGET_RATIO, "never_slower_reached": min(ratios) >= 1.0},
-        "check": {"losses_match": all(checks)},
+        "check": {"losses_match": all(r["losses_match"] for r in rows),
+                  "original_step_matches": all(r["orig_equivalence"]["match"] for r in rows if r["orig_equivalence"])},
     }
     write_json(args.out, result)
     print(f"speed-up over the direct formulation: min {min(ratios):.2f}x, max {max(ratios):.2f}x "
           f"(target >= {TARGET_RATIO}x: {'reached' if result['targets']['reached'] else 'not reached'}); "
-          f"losses match: {all(checks)}; {args.out}")
+          + (f"over the original's step: min {min(ratios_orig):.2f}x, max {max(ratios_orig):.2f}x; "
+             if ratios_orig else "")
+          + f"losses match: {result['check']['losses_match']}; original's step matches (losses, gradients): "
+          f"{result['check']['original_step_matches']}; {args.out}")
     return 0 if all(checks) else 1
 
 
