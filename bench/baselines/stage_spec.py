@@ -227,12 +227,26 @@ def deterministic(net: nn.Module) -> None:
             m.eval()
 
 
+def open_gate_labels(model: nn.Module, image: torch.Tensor, image_raw: torch.Tensor) -> torch.Tensor:
+    """Image labels [B,C-1] under which the mask loss's gate (SPEC 5.11) opens for ``model`` on this batch, so that
+    ``first_step_difference`` compares the mask loss's gradients too: the classes of the pseudo GT that a copy of
+    the model run as ``first_step_difference`` runs it gives with every class allowed. Needs the background in
+    that pseudo GT (a model whose foreground logits are near the background's constant 1)."""
+    probe = copy.deepcopy(model).train()
+    deterministic(probe)
+    with torch.no_grad():
+        pseudo = probe(image, image_raw, torch.ones(image.shape[0], probe.last_conv[-1].out_channels,
+                                                    device=image.device))["pseudo"]
+    return (pseudo[:, 1:].sum((2, 3)) > 0).to(image.dtype)
+
+
 def first_step_difference(model: nn.Module, spec: SingleStageSpec, image: torch.Tensor, image_raw: torch.Tensor,
                           labels: torch.Tensor, criterion) -> dict[str, float]:
     """Loss and gradients of one step of ``model`` and of ``spec`` (as ``from_model`` made it) on the same batch,
     with dropout and the Stochastic Gate deterministic (the two draw their random masks with different generator
-    calls). Returns both losses (and their mask terms), the largest relative loss difference and the largest gradient difference of any
-    parameter relative to that parameter's largest gradient. Leaves both in training mode with fresh gradients."""
+    calls). Returns both losses (and their mask terms), the largest relative loss difference and the largest
+    gradient difference of any parameter relative to that parameter's largest gradient. Leaves both in training
+    mode without gradients."""
     losses, mask_losses, grads = [], [], []
     for net in (model, spec):
         net.train()
