@@ -45,7 +45,7 @@ from models import build_model  # noqa: E402
 from utils.config import get_cfg_defaults  # noqa: E402
 from utils.fileio import write_json  # noqa: E402
 
-BACKBONES = ("resnet38", "vgg16", "resnet50", "resnet101", "resnet18")
+BACKBONES = ("resnet38", "vgg16", "resnet50", "resnet101", "resnet18", "efficientnet_lite0")
 TARGET_RATIO = 1.5  # issue 7: >= 1.5x the direct formulation's step (and never slower)
 GPU_MEMORY_LIMIT_GB = 24.0  # issue 7: resnet38, batch 16 at 321 with AMP fits one 24 GB card
 AMP_DTYPES = {"": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -168,9 +168,10 @@ class SingleStageSpec(nn.Module):
         spec = cls(copy.deepcopy(bb), bb.channels["conv3"], bb.channels["conv6"], focal_p=model.focal_p,
                    focal_lambda=model.focal_lambda, pamr_iter=pamr.num_iter, pamr_kernel=tuple(pamr.dilations),
                    sg_psi=model.sg.psi)
+        state = spec.state_dict()  # persistent tensors only (a backbone's constant input scaling is not one)
         ours = {name: t for name, t in list(model.named_parameters()) + list(model.named_buffers())
-                if name.split(".")[0] in ("backbone",) + HEAD}
-        state = {k: v for k, v in spec.state_dict().items() if k.startswith("_aff.")}
+                if name.split(".")[0] in ("backbone",) + HEAD and name in state}
+        state = {k: v for k, v in state.items() if k.startswith("_aff.")}
         spec.load_state_dict({**state, **ours}, strict=True)
         grad = dict(model.named_parameters())
         for name, p in spec.named_parameters():
@@ -240,13 +241,16 @@ def open_gate_labels(model: nn.Module, image: torch.Tensor, image_raw: torch.Ten
     return (pseudo[:, 1:].sum((2, 3)) > 0).to(image.dtype)
 
 
+GRAD_FLOOR = 1e-3  # of the model's largest gradient: below it, a gradient is compared against that
+
+
 def first_step_difference(model: nn.Module, spec: SingleStageSpec, image: torch.Tensor, image_raw: torch.Tensor,
                           labels: torch.Tensor, criterion) -> dict[str, float]:
     """Loss and gradients of one step of ``model`` and of ``spec`` (as ``from_model`` made it) on the same batch,
     with dropout and the Stochastic Gate deterministic (the two draw their random masks with different generator
     calls). Returns both losses (and their mask terms), the largest relative loss difference and the largest
-    gradient difference of any parameter relative to that parameter's largest gradient. Leaves both in training
-    mode without gradients."""
+    gradient difference of any parameter relative to that parameter's largest gradient (at least GRAD_FLOOR of the
+    model's largest). Leaves both in training mode without gradients."""
     losses, mask_losses, grads = [], [], []
     for net in (model, spec):
         net.train()
@@ -263,7 +267,11 @@ def first_step_difference(model: nn.Module, spec: SingleStageSpec, image: torch.
     if grads[0].keys() != grads[1].keys():
         raise AssertionError("different parameters get gradients: "
                              f"{sorted(grads[0].keys() ^ grads[1].keys())[:5]}")
-    grad_diff = max(float((grads[0][n] - grads[1][n]).abs().max() / grads[1][n].abs().max().clamp_min(1e-12))
+    # relative to the parameter's largest gradient, but at least GRAD_FLOOR of the model's: a gradient that is zero
+    # in exact arithmetic (the bias of a BN followed by a BN in training mode) is float noise in both
+    top = max(float(g.abs().max()) for g in grads[1].values())
+    grad_diff = max(float((grads[0][n] - grads[1][n]).abs().max()) / max(float(grads[1][n].abs().max()),
+                                                                          GRAD_FLOOR * top, 1e-12)
                     for n in grads[1])
     return {"loss_ours": losses[0], "loss_spec": losses[1], "loss_mask_ours": mask_losses[0],
             "loss_mask_spec": mask_losses[1],
