@@ -3,15 +3,21 @@
 #   generate data -> train the CAM baseline, the single-stage model and a fully supervised reference (train.py)
 #   -> multi-scale inference with and without CRF (infer_val.py) -> mIoU (eval_seg.py)
 #   -> raw and PAMR-refined masks at their best background threshold on val (tools/eval_cam.py)
-#   -> pseudo-label quality on train (tools/eval_pseudo.py) -> report (tools/demo_report.py)
+#   -> pseudo-label quality on train (tools/eval_pseudo.py)
+#   -> second stage: the single-stage model's pseudo labels of train_aug (GT image labels, CRF) train the same
+#      network fully supervised (DATASET.MASK_DIR), evaluated on val -> report (tools/demo_report.py)
+# The models start from the ImageNet-pretrained EfficientNet-Lite0 (configs/demo_*.yaml), on the generator's
+# "default" preset; DEMO_MODELS=scratch takes the light ResNet-18 trained from scratch (configs/demo_scratch_*.yaml),
+# DEMO_DIFFICULTY=easy|hard another preset. Other choices than these two defaults get their own data, results,
+# snapshots and logs (data/synthetic_<difficulty>, results/demo_<models>_<difficulty>, experiment of that name).
 #
 # usage: bash launch/demo.sh [--clean]
 #   --clean   start over (removes the demo's data, snapshots, logs and results)
 # Every stage reuses what an earlier run left (data, snapshots, masks), so a second run is quick.
 # Each stage's time goes to $DEMO_OUT/stage_times.tsv (a reused stage keeps the time of the run that did it).
 # Environment knobs (the test uses them for a shortened run): DEMO_DATA, DEMO_OUT, DEMO_EXP, DEMO_SEED,
-# DEMO_TRAIN, DEMO_VAL, DEMO_TEST, DEMO_SIZE, DEMO_DIFFICULTY (easy), DEMO_EPOCHS, DEMO_ITERS, DEMO_WORKERS,
-# DEMO_SETS (extra --set pairs for every stage), DEMO_SNAPSHOT_DIR, DEMO_LOGDIR.
+# DEMO_TRAIN, DEMO_VAL, DEMO_TEST, DEMO_SIZE, DEMO_DIFFICULTY (default), DEMO_MODELS (pretrained), DEMO_EPOCHS,
+# DEMO_ITERS, DEMO_WORKERS, DEMO_SETS (extra --set pairs for every stage), DEMO_SNAPSHOT_DIR, DEMO_LOGDIR.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -20,7 +26,7 @@ CLEAN=0
 for a in "$@"; do
   case "$a" in
     --clean) CLEAN=1 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "error: unknown argument $a (use --clean or --help)" >&2; exit 2 ;;
   esac
 done
@@ -44,15 +50,25 @@ stage "environment"
 source tools/setup_env.sh
 done_stage
 
-DATA="${DEMO_DATA:-data/synthetic}"
-OUT="${DEMO_OUT:-results/demo}"
-EXP="${DEMO_EXP:-demo}"
+DIFFICULTY="${DEMO_DIFFICULTY:-default}"
+MODELS="${DEMO_MODELS:-pretrained}"
+case "$MODELS" in
+  pretrained) CFG=configs/demo ;;
+  scratch) CFG=configs/demo_scratch ;;
+  *) echo "error: DEMO_MODELS is $MODELS; use pretrained (EfficientNet-Lite0) or scratch (ResNet-18)" >&2; exit 2 ;;
+esac
+TAG=""
+[ "$MODELS/$DIFFICULTY" != pretrained/default ] && TAG="_${MODELS}_${DIFFICULTY}"
+DATA="${DEMO_DATA:-data/synthetic_$DIFFICULTY}"
+OUT="${DEMO_OUT:-results/demo$TAG}"
+EXP="${DEMO_EXP:-demo$TAG}"
 SEED="${DEMO_SEED:-0}"
 WORKERS="${DEMO_WORKERS:-2}"
 DS=pascal_voc
 SNAP_BASE="${DEMO_SNAPSHOT_DIR:-snapshots}"
 LOG_BASE="${DEMO_LOGDIR:-logs}"
 SETS=(DATASET.ROOT "$DATA" TEST.DATA_ROOT "$DATA")
+RUN_SETS=()  # --set pairs of one stage
 [ -n "${DEMO_EPOCHS:-}" ] && SETS+=(TRAIN.NUM_EPOCHS "$DEMO_EPOCHS")
 [ -n "${DEMO_ITERS:-}" ] && SETS+=(TRAIN.MAX_ITERS "$DEMO_ITERS")
 # shellcheck disable=SC2206
@@ -66,7 +82,7 @@ mkdir -p "$OUT"
 TIMES="$OUT/stage_times.tsv"
 
 stage "synthetic dataset ($DATA)"
-GEN=(--out "$DATA" --seed "$SEED" --difficulty "${DEMO_DIFFICULTY:-easy}" --workers "$WORKERS")
+GEN=(--out "$DATA" --seed "$SEED" --difficulty "$DIFFICULTY" --workers "$WORKERS")
 [ -n "${DEMO_TRAIN:-}" ] && GEN+=(--num-train "$DEMO_TRAIN")
 [ -n "${DEMO_VAL:-}" ] && GEN+=(--num-val "$DEMO_VAL")
 [ -n "${DEMO_TEST:-}" ] && GEN+=(--num-test "$DEMO_TEST")
@@ -100,7 +116,7 @@ train() {  # train <run> <config>
     rm -rf "$snap" "$LOG_BASE/$DS/$EXP/$run"
     python train.py --dataset "$DS" --cfg "$cfg" --exp "$EXP" --run "$run" --workers "$WORKERS" \
       --snapshot-dir "$SNAP_BASE" --logdir "$LOG_BASE" \
-      --random-seed "$SEED" --set "${SETS[@]}"
+      --random-seed "$SEED" --set "${SETS[@]}" "${RUN_SETS[@]}"
     touch "$OUT/$run.done"
   fi
   done_stage
@@ -114,7 +130,7 @@ infer() {  # infer <run> <config> <list> <out> [extra args]
   else
     python infer_val.py --dataset "$DS" --cfg "$cfg" --exp "$EXP" --run "$run" \
       --snapshot-dir "$SNAP_BASE" --logdir "$LOG_BASE" --resume "$(best_suffix "$SNAP_BASE/$DS/$EXP/$run")" --infer-list "$list" --mask-output-dir "$dst" \
-      --workers "$WORKERS" "$@" --set "${SETS[@]}"
+      --workers "$WORKERS" "$@" --set "${SETS[@]}" "${RUN_SETS[@]}"
     python eval_seg.py --data "$DATA" --filelist "$list" --masks "$dst" --log-scores "$dst.scores.log" > "$dst.eval"
     [ -d "$dst/crf" ] && python eval_seg.py --data "$DATA" --filelist "$list" --masks "$dst/crf" --log-scores "$dst/crf.scores.log" > "$dst/crf.eval"
     tail -n 3 "$dst.eval"
@@ -151,20 +167,29 @@ pseudo() {  # pseudo <run> <config> <list> <out>
   done_stage
 }
 
-train bsl configs/demo_bsl.yaml
-train ae configs/demo_ae.yaml
-train sup configs/demo_sup.yaml
+train bsl "${CFG}_bsl.yaml"
+train ae "${CFG}_ae.yaml"
+train sup "${CFG}_sup.yaml"
 
-infer bsl configs/demo_bsl.yaml "$DATA/val_voc.txt" "$OUT/bsl/val" --no-crf
-infer ae configs/demo_ae.yaml "$DATA/val_voc.txt" "$OUT/ae/val"
+infer bsl "${CFG}_bsl.yaml" "$DATA/val_voc.txt" "$OUT/bsl/val" --no-crf
+infer ae "${CFG}_ae.yaml" "$DATA/val_voc.txt" "$OUT/ae/val"
 # the fully supervised reference with CRF too: compared like with like with the single-stage model
-infer sup configs/demo_sup.yaml "$DATA/val_voc.txt" "$OUT/sup/val"
+infer sup "${CFG}_sup.yaml" "$DATA/val_voc.txt" "$OUT/sup/val"
 
-cam_sweep bsl configs/demo_bsl.yaml "$DATA/val_voc.txt" "$OUT/bsl/cam_val"
-cam_sweep ae configs/demo_ae.yaml "$DATA/val_voc.txt" "$OUT/ae/cam_val"
+cam_sweep bsl "${CFG}_bsl.yaml" "$DATA/val_voc.txt" "$OUT/bsl/cam_val"
+cam_sweep ae "${CFG}_ae.yaml" "$DATA/val_voc.txt" "$OUT/ae/cam_val"
 
-pseudo bsl configs/demo_bsl.yaml "$DATA/train_voc.txt" "$OUT/bsl/pseudo_train"
-pseudo ae configs/demo_ae.yaml "$DATA/train_voc.txt" "$OUT/ae/pseudo_train"
+pseudo bsl "${CFG}_bsl.yaml" "$DATA/train_voc.txt" "$OUT/bsl/pseudo_train"
+pseudo ae "${CFG}_ae.yaml" "$DATA/train_voc.txt" "$OUT/ae/pseudo_train"
+
+# the second stage (README "Pseudo labels and a second stage"): clean pseudo labels of the whole training list
+# (the image's GT labels, single scale, CRF), then the fully supervised network trained on them
+RUN_SETS=(TEST.USE_GT_LABELS True TEST.SCALES "[1]" TEST.FLIP False TEST.BATCH_SIZE 1)
+infer ae "${CFG}_ae.yaml" "$DATA/train_augvoc.txt" "$OUT/ae/pseudo_train_aug"
+RUN_SETS=(DATASET.MASK_DIR "$OUT/ae/pseudo_train_aug/crf")
+train stage2 "${CFG}_sup.yaml"
+RUN_SETS=()
+infer stage2 "${CFG}_sup.yaml" "$DATA/val_voc.txt" "$OUT/stage2/val"
 
 stage "report"
 python tools/demo_report.py --data "$DATA" --out "$OUT" --list "$DATA/val_voc.txt" --seed "$SEED" \

@@ -39,16 +39,22 @@ def test_demo_writes_every_output(demo: Path) -> None:
     out = demo / "out"
     stdout = (demo / "stdout.txt").read_text()
     for stage in ("synthetic dataset", "train bsl", "train ae", "train sup", "infer ae",
-                  "best background threshold of bsl", "best background threshold of ae", "report"):
+                  "best background threshold of bsl", "best background threshold of ae",
+                  "infer ae on train_augvoc.txt", "train stage2", "infer stage2", "report"):
         assert re.search(rf"\[demo\] <<< {stage}.*: \d+ s", stdout), stage
     ids = [Path(line.split()[0]).stem for line in (demo / "data" / "val_voc.txt").read_text().splitlines()]
-    for run in ("bsl", "ae", "sup"):
+    for run in ("bsl", "ae", "sup", "stage2"):
         for i in ids:
             assert (out / run / "val" / f"{i}.png").is_file()
             assert (out / run / "val" / "vis" / f"{i}.png").is_file()
         assert json.loads((out / run / "val" / "eval.json").read_text())["num_images"] == len(ids)
+    # the second stage learnt from the single-stage model's clean pseudo labels of every training image (with CRF)
+    train_ids = [Path(line.split()[0]).stem for line in (demo / "data" / "train_augvoc.txt").read_text().splitlines()]
+    assert all((out / "ae" / "pseudo_train_aug" / "crf" / f"{i}.png").is_file() for i in train_ids)
+    stage2_cfg = (demo / "logs" / "pascal_voc" / "demo-test" / "stage2" / "config.yaml").read_text()
+    assert str(out / "ae" / "pseudo_train_aug" / "crf") in stage2_cfg and "FULLY_SUPERVISED: true" in stage2_cfg
     for i in ids:  # CRF for the single-stage model and the fully supervised reference, compared like with like
-        for run in ("ae", "sup"):
+        for run in ("ae", "sup", "stage2"):
             assert (out / run / "val" / "crf" / f"{i}.png").is_file()
         for run, kind in (("bsl", "cam"), ("ae", "cam"), ("ae", "dec")):  # masks at the best threshold
             assert (out / run / "cam_val" / kind / f"{i}.png").is_file()
@@ -58,7 +64,7 @@ def test_demo_writes_every_output(demo: Path) -> None:
     sweeps = {run: json.loads((out / run / "cam_val" / "eval_cam.json").read_text()) for run in ("bsl", "ae")}
     assert "dec" in sweeps["ae"] and "dec" not in sweeps["bsl"]
     report = json.loads((out / "report.json").read_text())
-    chain = {"bsl_cam", "bsl", "ae_cam", "ae_dec", "ae", "ae_crf", "sup", "sup_crf"}
+    chain = {"bsl_cam", "bsl", "ae_cam", "ae_dec", "ae", "ae_crf", "stage2", "stage2_crf", "sup", "sup_crf"}
     assert set(report["val_miou"]) == set(report["val_miou_21_classes"]) == chain
     for key, run, kind in (("bsl_cam", "bsl", "cam"), ("ae_cam", "ae", "cam"), ("ae_dec", "ae", "dec")):
         assert report["best_thresholds"][key] == sweeps[run][kind]["best_threshold"]
@@ -77,10 +83,12 @@ def test_demo_writes_every_output(demo: Path) -> None:
     wall = report["targets"]["wall_time_s"]
     assert wall["value"] == report["wall_time_s"] > 0 and wall["reached"] == (wall["value"] <= 600)
     assert report["train_pseudo_labels"]["single_stage_pamr_refined"] >= 0
+    labels = json.loads((out / "ae" / "pseudo_train_aug" / "crf" / "eval.json").read_text())
+    assert report["train_pseudo_labels"]["second_stage_labels"] == pytest.approx(100 * labels["miou_present"], abs=0.01)
     # every stage before the report has its time, and the curves hold each run's losses
     assert {"train ae (configs/demo_ae.yaml)", "best background threshold of ae on val_voc.txt"} <= \
         set(report["stage_times_s"])
-    for run in ("bsl", "ae", "sup"):
+    for run in ("bsl", "ae", "stage2", "sup"):
         assert "train: train_epoch/loss" in report["training_curves"][run]
         assert "val: all/loss" in report["training_curves"][run]
         # validation's mask scores (masks/miou_<kind>), over the classes present only
@@ -105,6 +113,7 @@ def test_demo_report_renders_in_chromium(demo: Path, tmp_path: Path) -> None:
                     "Examples", "Training curves, configs and commits", "Time per stage"):
         assert section in dom, section
     assert "single-stage model" in dom and "fully supervised reference" in dom and "best threshold (t = " in dom
+    assert "second stage" in dom
     report = json.loads((demo / "out" / "report.json").read_text())
     text = re.sub(r"<[^>]+>", " ", dom)  # what a reader sees, without tags and attributes
     for slug in list(report["targets"]) + ["bsl_cam", "ae_crf", "sup_crf", "ae_dec"]:
@@ -118,7 +127,7 @@ def test_demo_report_renders_in_chromium(demo: Path, tmp_path: Path) -> None:
     ids = [e["id"] for e in report["examples"]]
     assert all(i in text for i in ids)
     images = dom.count("<img ")
-    assert images == 2 + 3 + len(ids) * 8  # confusion matrices, curves, example cells
+    assert images == 2 + 4 + len(ids) * 8  # confusion matrices, curves, example cells
     loaded = re.search(r'data-images-loaded="(\d+)"', dom)
     assert loaded and int(loaded.group(1)) == images, "every figure and example must load"
     shot = tmp_path / "shot.png"
