@@ -45,7 +45,7 @@ from utils.config import TRAIN_RANGES, AttrDict, cfg_to_yaml, load_cfg, range_pr
 from utils.dist import (DistContext, EpochSampler, SeededSamples, all_gather_objects, all_reduce_sum, barrier,
                         broadcast_object, init_distributed, per_rank_batch, shutdown, worker_init, wrap_model)
 from utils.errors import UserError, run_main
-from utils.fileio import check_writable_dir, save_torch, write_text
+from utils.fileio import check_writable_dir, save_torch, unwritable_ancestor, write_text
 from utils.inference_tools import label_maps
 from utils.metrics import MaskScores
 from utils.opts import get_arg_parser, resolve_dirs, select_device, set_seed
@@ -169,19 +169,14 @@ def check_split_sizes(cfg: AttrDict) -> list[str]:
 
 
 def run_dir_problem(path: str, option: str) -> str | None:
-    """Why the run directory ``path`` could not be created or written, without creating anything: its nearest
-    existing ancestor must be a writable directory."""
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing):
-        parent = os.path.dirname(existing)
-        if parent == existing:
-            break
-        existing = parent
-    if not os.path.isdir(existing):
+    """Why the run directory ``path`` could not be created or written, without creating anything."""
+    found = unwritable_ancestor(path)
+    if found is None:
+        return None
+    existing, is_dir = found
+    if not is_dir:
         return f"cannot create the run directory {path}: {existing} is not a directory; choose another {option}"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"cannot create or write the run directory {path}: {existing} is not writable; choose another {option}"
-    return None
+    return f"cannot create or write the run directory {path}: {existing} is not writable; choose another {option}"
 
 
 def make_run_dirs(args) -> None:

@@ -123,9 +123,9 @@ def save_image(img: "PIL.Image.Image", path: str | os.PathLike) -> None:  # noqa
         img.save(tmp, format=fmt)
 
 
-def dir_problem(path: str | os.PathLike, what: str) -> str | None:
-    """Why the directory ``path`` could not be created or written, without creating anything: it, or its nearest
-    existing ancestor, must be a writable directory. None when it can."""
+def unwritable_ancestor(path: str | os.PathLike) -> tuple[str, bool] | None:
+    """Whether the directory ``path`` could be created or written, without creating anything: None when its nearest
+    existing ancestor is a writable directory, else (that ancestor, whether it is a directory at all)."""
     existing = os.path.abspath(path)
     while not os.path.exists(existing):
         parent = os.path.dirname(existing)
@@ -133,10 +133,20 @@ def dir_problem(path: str | os.PathLike, what: str) -> str | None:
             break
         existing = parent
     if not os.path.isdir(existing):
-        return f"{what} {path} is not writable ({existing} is not a directory); choose another directory"
+        return existing, False
     if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{what} {path} is not writable ({existing} is read-only to this user); choose another directory"
+        return existing, True
     return None
+
+
+def dir_problem(path: str | os.PathLike, what: str) -> str | None:
+    """Why the directory ``path`` could not be created or written (see ``unwritable_ancestor``); None when it can."""
+    found = unwritable_ancestor(path)
+    if found is None:
+        return None
+    existing, is_dir = found
+    why = "is read-only to this user" if is_dir else "is not a directory"
+    return f"{what} {path} is not writable ({existing} {why}); choose another directory"
 
 
 def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
