@@ -347,3 +347,53 @@ def test_width_keys_that_do_not_apply_are_errors():
         build_model(net_cfg("resnet18", LIGHT_WIDTH=0))
     with pytest.raises(UserError, match="NET.HEAD_WIDTH is 0"):
         build_model(net_cfg("resnet18", HEAD_WIDTH=0))
+
+
+# SPEC appendix C: the random-number calls of one train-mode forward, in order, at batch 2 and a 64 px input
+# (stride 8: 8 x 8, stride 16: 4 x 4, stride 4: 16 x 16); (function, p, shape)
+HEAD_CALLS = [("dropout", 0.3, (2, 256, 16, 16)), ("dropout", 0.5, (2, 256, 16, 16)),
+              ("dropout", 0.1, (2, 256, 16, 16))]
+RNG_CALLS = {
+    "vgg16": [("dropout2d", 0.5, (2, 1024, 8, 8)), ("dropout", 0.5, (2, 256, 8, 8))] + HEAD_CALLS,
+    "resnet38": [("dropout2d", 0.3, (2, 512, 8, 8)), ("dropout2d", 0.3, (2, 1024, 8, 8)),
+                 ("dropout2d", 0.5, (2, 1024, 8, 8)), ("dropout2d", 0.5, (2, 2048, 8, 8)),
+                 ("dropout", 0.5, (2, 256, 8, 8))] + HEAD_CALLS,
+    "resnet50": [("dropout", 0.5, (2, 256, 4, 4))] + HEAD_CALLS,
+}
+
+
+@pytest.mark.parametrize("backbone", list(RNG_CALLS))
+def test_train_forward_draws_the_originals_random_calls_in_order(backbone, monkeypatch):
+    """The Stochastic Gate draws its mask with F.dropout on ones (SPEC 5.6), so the seeded random stream is the
+    original's: the same dropout / dropout2d calls, in the same order, with the same rates and shapes, and nothing
+    else random."""
+    import torch.nn.functional as F
+
+    calls = []
+    for name in ("dropout", "dropout2d"):
+        real = getattr(F, name)
+
+        def record(x, p=0.5, training=True, inplace=False, _name=name, _real=real):
+            if training:
+                calls.append((_name, p, tuple(x.shape)))
+            return _real(x, p, training, inplace)
+
+        monkeypatch.setattr(F, name, record)
+    m = make(backbone, "ae").train()
+    image, image_raw, labels = batch()
+    for name in ("bernoulli", "rand", "rand_like", "randn", "randn_like"):
+        monkeypatch.setattr(torch, name, lambda *a, _n=name, **k: pytest.fail(f"torch.{_n} in a forward"))
+    m(image, image_raw, labels)
+    assert calls == RNG_CALLS[backbone]
+
+
+def test_stochastic_gate_mask_is_the_originals_dropout_of_ones():
+    """With one seed, the gate's mask is (1 - psi) dropout(ones, psi) drawn from the global generator (SPEC 5.6)."""
+    from models.mods.sg import stochastic_gate
+
+    x1, x2 = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 6, 6)
+    torch.manual_seed(3)
+    out = stochastic_gate(x1, x2, 0.3, training=True)
+    torch.manual_seed(3)
+    r = 0.7 * torch.nn.functional.dropout(torch.ones_like(x1), p=0.3)
+    assert torch.equal(out, r * (x1 - 0.3 * x2) / 0.7 + (1 - r) * x2)

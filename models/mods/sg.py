@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 MIN_KEEP = 1e-8
 
@@ -13,13 +14,14 @@ def stochastic_gate(deep: torch.Tensor, shallow: torch.Tensor, psi: float, train
 
     Training: r ~ Bernoulli(1 - psi) per element, ``r (deep - psi shallow) / (1 - psi) + (1 - r) shallow``, whose
     expectation is ``deep``. Test: ``(1 - psi) deep + psi shallow`` (the original's choice, not the expectation).
-    A fresh mask is drawn at every call (the original cached its all-ones tensor).
+    The mask is drawn as ``(1 - psi) dropout(ones, psi)`` (SPEC 5.6), so that a seed gives the original's random
+    stream (SPEC appendix C).
     """
     if deep.shape[1] != shallow.shape[1]:
         raise ValueError(f"stochastic gate needs equal channels, got {deep.shape[1]} and {shallow.shape[1]}")
     if not training:
         return (1 - psi) * deep + psi * shallow
-    r = torch.bernoulli(torch.full_like(deep, 1 - psi))
+    r = (1 - psi) * F.dropout(torch.ones_like(deep), p=psi, training=True)
     return r * (deep - psi * shallow) / max(MIN_KEEP, 1 - psi) + (1 - r) * shallow
 
 
