@@ -3,6 +3,8 @@
     python infer_val.py --dataset pascal_voc --cfg configs/voc_resnet38.yaml --exp main --run v01 \\
         --resume e020Xs0.928 --infer-list data/val_voc.txt --mask-output-dir results/val_voc \\
         --set TEST.DATA_ROOT ./data
+    python infer_val.py --dataset coco --cfg configs/coco_resnet38.yaml ... --infer-list data/coco/val_coco.txt \
+        --set TEST.DATA_ROOT data/coco
 
 loads ``<snapshot-dir>/<dataset>/<exp>/<run>/model_enc_<resume>.pth`` and writes, per image id,
 ``<out>/<id>.png`` (class indices, mode "L"), ``<out>/crf/<id>.png`` and ``<out>/vis/<id>.png`` (prediction, CRF
@@ -31,7 +33,7 @@ from datasets.checks import CHECK_THREADS, check_file_list
 from datasets.filelists import IMAGE_ERRORS, load_image
 from datasets.pascal_voc_ms import (MAX_REPORTED, build_inference_dataset, check_batch_size, check_sizes,
                                     get_inference_loader, read_inference_items)
-from datasets.voc import NUM_CLASSES
+from datasets.info import get_dataset
 from models import build_model
 from models.weights import load_snapshot
 from utils.config import INFER_RANGES, load_cfg, range_problems
@@ -155,9 +157,8 @@ def preflight(args: argparse.Namespace, cfg, writer_opts: WriterOptions, device:
     problems: list[str] = []
     if args.workers < 0:
         problems.append(f"--workers {args.workers} must be >= 0 (0 runs the data loading and writing inline)")
-    if cfg.TEST.NUM_CLASSES != NUM_CLASSES:
-        problems.append(f"config key TEST.NUM_CLASSES is {cfg.TEST.NUM_CLASSES}; the VOC data and outputs have "
-                        f"{NUM_CLASSES} classes")
+    # the model's outputs are the dataset's classes
+    _collect(problems, lambda: get_dataset(args.dataset).check_num_classes(cfg))
     problems += range_problems(cfg, INFER_RANGES)
     values_ok = not problems  # the scales and canvas checks need sound values
     if values_ok:
