@@ -568,7 +568,8 @@ class Trainer:
             for k in range(self.info.num_fg):
                 name = names[k + 1]
                 if present[k]:
-                    writer.add_scalar("%02d_%s/AP" % (k + 1, name), ap[k], epoch)
+                    # COCO's names have spaces ("traffic light"), which tags avoid; VOC's names have none
+                    writer.add_scalar("%02d_%s/AP" % (k + 1, name.replace(" ", "_")), ap[k], epoch)
                     print("AP_{}: {:4.3f}".format(name, ap[k]))
             absent = [names[k + 1] for k in range(self.info.num_fg) if not present[k]]
             if absent:

@@ -84,6 +84,8 @@ def instance_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
     from pycocotools import mask as mask_utils
 
     if isinstance(segmentation, list):
+        if not all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in segmentation):
+            raise ValueError("a polygon needs at least 3 (x, y) points")
         rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
     elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
         rle = mask_utils.frPyObjects(segmentation, height, width)
@@ -104,7 +106,10 @@ def class_mask(annotations: list[dict[str, Any]], height: int, width: int) -> np
     out = np.zeros((height, width), dtype=np.uint8)
     instances = []
     for a in annotations:
-        m = instance_mask(a["segmentation"], height, width)
+        try:
+            m = instance_mask(a["segmentation"], height, width)
+        except Exception as e:  # pycocotools raises plain Exceptions for input it does not take
+            raise ValueError(f"annotation {a['id']}: {e}") from None
         if a.get("iscrowd", 0):
             out[m] = IGNORE_INDEX
         else:
@@ -132,10 +137,9 @@ def convert_image(job: Job) -> tuple[bool, bool]:
             return bool(((mask > 0) & (mask != IGNORE_INDEX)).any()), False
     try:
         mask = class_mask(annotations, height, width)
-    except (ValueError, TypeError, KeyError) as e:
-        ids = [a.get("id") for a in annotations]
-        raise UserError(f"cannot decode the annotations {ids[:MAX_REPORTED]} of {path} ({e}); the annotation file "
-                        "is damaged: download it again") from None
+    except ValueError as e:
+        raise UserError(f"cannot decode the mask {path}: {e}; the annotation file is damaged, download it "
+                        "again") from None
     img = Image.fromarray(mask, "P")
     img.putpalette(PALETTE_FLAT)
     with atomic_path(path) as tmp:
