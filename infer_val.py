@@ -167,7 +167,7 @@ def preflight(args: argparse.Namespace, cfg, writer_opts: WriterOptions, device:
         _collect(problems, writer_opts.crf.check)
         _collect(problems, require_pydensecrf)
     if decode:
-        items, found = checked_items(args.infer_list, cfg.TEST.DATA_ROOT)
+        items, found = checked_items(args.infer_list, cfg.TEST.DATA_ROOT, cfg.TEST.NUM_CLASSES)
     else:  # TRAIN.ON_CORRUPT skip: the loader leaves corrupt images out
         found = []
         items = _collect(found, read_inference_items, args.infer_list, cfg.TEST.DATA_ROOT)
@@ -199,15 +199,16 @@ def check_only(args: argparse.Namespace, cfg, writer_opts: WriterOptions) -> Non
           f"output directory {args.mask_output_dir}")
 
 
-def checked_items(infer_list: str, data_root: str) -> tuple[list | None, list[str]]:
+def checked_items(infer_list: str, data_root: str, num_classes: int) -> tuple[list | None, list[str]]:
     """(the images to infer or None, every problem of the listed files), each file decoded once.
 
-    A file list is checked first (every line: the image exists and decodes, a mask is a valid PNG of 0..20 and
-    255 of the image's size), so that one missing file does not hide the others' problems; the items are read
+    A file list is checked first (every line: the image exists and decodes, a mask is a valid PNG of
+    0..num_classes-1 and 255 of the image's size), so that one missing file does not hide the others' problems; the items are read
     only when it found none. A folder's images are decoded.
     """
     if os.path.isfile(infer_list):
-        found = check_file_list(infer_list, data_root, need_masks=False, limit=MAX_REPORTED)
+        found = check_file_list(infer_list, data_root, need_masks=False, limit=MAX_REPORTED,
+                                num_classes=num_classes)
         if found:
             return None, found
     problems: list[str] = []

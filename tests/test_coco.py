@@ -188,19 +188,26 @@ def _bash(script: str, cwd: str, **variables: str) -> subprocess.CompletedProces
 
 def test_readme_coco_steps_end_to_end(tmp_path):
     data, out = str(tmp_path / "coco"), str(tmp_path / "out")
-    made = run_script("tools/make_synthetic_coco.py", "--out", data, "--num-train", "8", "--num-val", "4",
+    made = run_script("tools/make_synthetic_coco.py", "--out", data, "--num-train", "8", "--num-val", "5",
                       "--size", "64", "--workers", "1")
     assert made.returncode == 0, made.stderr
     conv = run_script("tools/convert_coco.py", "--root", data)
     assert conv.returncode == 0, conv.stderr
     # each split's image without annotations and its crowd-only image are left out
     assert "train2014: 10 images, 9 with annotations, 8 with a foreground pixel" in conv.stdout
-    assert "val2014: 6 images, 5 with annotations, 4 with a foreground pixel" in conv.stdout
-    values = set()
-    for p in glob.glob(os.path.join(data, "masks", "*", "*.png")):
-        values |= set(np.unique(np.asarray(Image.open(p))).tolist())
-    # the synthetic classes bird, car, cat, dog, person, tv as COCO classes; crowd regions 255
-    assert values == {0, 15, 3, 16, 17, 1, 63, 255}
+    assert "val2014: 7 images, 6 with annotations, 5 with a foreground pixel" in conv.stdout
+    values = {split: set() for split in ("train2014", "val2014")}
+    for split in values:
+        for p in glob.glob(os.path.join(data, "masks", split, "*.png")):
+            values[split] |= set(np.unique(np.asarray(Image.open(p))).tolist())
+    # the synthetic classes bird, car, cat, dog, person, tv as COCO classes; crowd regions 255; both splits hold
+    # tv (63), a class index that VOC's 21 classes would reject
+    assert values["train2014"] | values["val2014"] == {0, 15, 3, 16, 17, 1, 63, 255} and all(
+        63 in v for v in values.values())
+    for name in ("train_coco.txt", "val_coco.txt"):
+        check = run_script("tools/check_data.py", "--dataset", "coco", "--root", data, "--list",
+                           os.path.join(data, name))
+        assert check.returncode == 0 and "masks hold 0..80 and 255" in check.stdout, check.stderr
 
     # training: 2 epochs of 2 iterations, validation at epochs 0 and 2
     sets = " ".join([*TINY_SETS, "DATASET.ROOT", data, "TRAIN.NUM_EPOCHS", "2", "TRAIN.MAX_ITERS", "2"])
@@ -217,6 +224,15 @@ def test_readme_coco_steps_end_to_end(tmp_path):
     assert snaps
     suffix = os.path.basename(snaps[-1])[len("model_enc_"):-len(".pth")]
 
+    # the masks and pseudo labels of the trained model against the GT of the validation list
+    pseudo = run_script("tools/eval_pseudo.py", "--dataset", "coco", "--cfg", "configs/coco_resnet38.yaml",
+                        "--set", *TINY_SETS, "--snapshot", snaps[-1], "--root", data, "--list",
+                        os.path.join(data, "val_coco.txt"), "--out", os.path.join(out, "pseudo"), "--device", "cpu",
+                        "--no-png")
+    assert pseudo.returncode == 0, pseudo.stderr[-3000:]
+    with open(os.path.join(out, "pseudo", "pseudo.json")) as f:
+        assert len(json.load(f)["cam"]["iou"]) == 81
+
     # inference with the CRF, then the evaluation of both mask sets
     # EXTRA_ARGS is split on spaces: the lists of TINY_INFER_SET written without them
     infer_sets = " ".join([v.replace(" ", "") for v in TINY_INFER_SET] + ["TEST.DATA_ROOT", data])
@@ -227,14 +243,14 @@ def test_readme_coco_steps_end_to_end(tmp_path):
     assert infer.returncode == 0, infer.stdout[-3000:] + infer.stderr[-3000:]
     save_dir = os.path.join(out, "results", "coco", "t", "r", "val_coco")
     preds = sorted(glob.glob(os.path.join(save_dir, "crf", "*.png")))
-    assert len(preds) == 4 and all(np.asarray(Image.open(p)).max() <= 80 for p in preds)
+    assert len(preds) == 5 and all(np.asarray(Image.open(p)).max() <= 80 for p in preds)
 
     ev = _bash("eval_seg.sh", str(tmp_path), DATASET="coco", EXP="t", RUN_ID="r", DATA_ROOT=data,
                OUTPUT_DIR=os.path.join(out, "results"), FILELIST=os.path.join(data, "val_coco.txt"), WORKERS="1")
     assert ev.returncode == 0, ev.stdout[-3000:] + ev.stderr[-3000:]
     for d in (save_dir, os.path.join(save_dir, "crf")):
         report = open(f"{d}.eval").read().splitlines()
-        rows = report[report.index("# of images: 4") + 3:][:81]
+        rows = report[report.index("# of images: 5") + 3:][:81]
         assert [r.split("|")[0].strip() for r in rows] == list(CLASS_NAMES)
         assert report[-2].startswith("With background: mIoU: ")
         with open(os.path.join(d, "eval.json")) as f:
