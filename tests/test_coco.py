@@ -1,7 +1,7 @@
 """MS COCO 2014: the dataset description, tools/convert_coco.py on hand-made annotations (overlaps, crowd, every
 segmentation format, resuming, bad files), and the README's COCO steps end to end on the synthetic COCO layout:
-make_synthetic_coco -> convert_coco -> launch/run_coco_resnet38.sh -> launch/infer_val.sh (CRF) ->
-launch/eval_seg.sh, all with DATASET coco."""
+make_synthetic_coco -> convert_coco -> check_data -> launch/run_coco_resnet38.sh -> eval_pseudo / eval_cam ->
+launch/infer_val.sh (CRF) -> launch/eval_seg.sh, all with DATASET coco."""
 from __future__ import annotations
 
 import glob
@@ -232,6 +232,14 @@ def test_readme_coco_steps_end_to_end(tmp_path):
     assert pseudo.returncode == 0, pseudo.stderr[-3000:]
     with open(os.path.join(out, "pseudo", "pseudo.json")) as f:
         assert len(json.load(f)["cam"]["iou"]) == 81
+    cam = run_script("tools/eval_cam.py", "--dataset", "coco", "--cfg", "configs/coco_resnet38.yaml",
+                     "--set", *TINY_SETS, "--snapshot", snaps[-1], "--root", data, "--list",
+                     os.path.join(data, "val_coco.txt"), "--out", os.path.join(out, "cam"), "--device", "cpu",
+                     "--thresholds", "0.2", "0.5")
+    assert cam.returncode == 0 and " over 81)" in cam.stdout, cam.stderr[-3000:]
+    with open(os.path.join(out, "cam", "eval_cam.json")) as f:
+        sweep = json.load(f)["cam"]
+    assert len(sweep["miou_81"]) == 2 and len(sweep["best_iou"]) == 81
 
     # inference with the CRF, then the evaluation of both mask sets
     # EXTRA_ARGS is split on spaces: the lists of TINY_INFER_SET written without them

@@ -170,8 +170,9 @@ class MaskScores:
 
     def summary(self) -> dict[str, float]:
         """``miou_<kind>`` (mean IoU over the classes present in the GT or the masks), ``miou<C>_<kind>`` (over
-        all C classes: ``miou21_<kind>`` is the standard VOC mIoU) for every kind seen, and ``pseudo_coverage`` (fraction of the labelled
-        GT pixels that the pseudo labels label) when pseudo labels were seen; kinds in MASK_KINDS order."""
+        all C classes: ``miou21_<kind>`` is the standard VOC mIoU) for every kind seen, and ``pseudo_coverage``
+        (fraction of the labelled GT pixels that the pseudo labels label) when pseudo labels were seen; kinds in
+        MASK_KINDS order."""
         out: dict[str, float] = {}
         for kind in sorted(self.conf, key=lambda k: MASK_KINDS.index(k) if k in MASK_KINDS else len(MASK_KINDS)):
             if self.conf[kind].sum() == 0:
@@ -245,11 +246,13 @@ def sweep_scores(confs: np.ndarray, thresholds: np.ndarray | list[float]) -> dic
 
     confs [T, C, C] accumulated over a split by ``threshold_sweep_confusion``. The mIoU is over the classes
     present (``miou_present`` of ``scores_from_confusion``); the best threshold is the one with the highest such
-    mIoU (the lowest threshold among equals). Keys: ``thresholds``, ``miou`` and ``miou_21`` (lists of T),
+    mIoU (the lowest threshold among equals). Keys: ``thresholds``, ``miou`` and ``miou_<C>`` (lists of T; the
+    mean over all C classes, ``miou_21`` for VOC),
     ``best_threshold``, ``best_index`` and ``best`` (every score of ``scores_from_confusion`` at that threshold).
     """
     per_t = [scores_from_confusion(c) for c in confs]
     miou = [s["miou_present"] for s in per_t]
     best = int(np.argmax(miou))
-    return {"thresholds": [float(t) for t in thresholds], "miou": miou, "miou_21": [s["miou_21"] for s in per_t],
+    all_classes = f"miou_{np.shape(confs)[-1]}"
+    return {"thresholds": [float(t) for t in thresholds], "miou": miou, all_classes: [s[all_classes] for s in per_t],
             "best_threshold": float(thresholds[best]), "best_index": best, "best": per_t[best]}
