@@ -57,12 +57,14 @@ ORACLE_THRESHOLD = 0.5  # the original's "> 0.5", applied to the 0..255 result: 
 
 @dataclass(frozen=True)
 class Entry:
-    """One list line: its position in the list, the image id and the two PNG paths."""
+    """One list line: its position in the list, the image id, the two PNG paths and the classes it is scored
+    over (the dataset's, with background)."""
 
     index: int
     image_id: str
     gt_path: str
     pred_path: str
+    num_classes: int = NUM_CLASSES
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--workers {args.workers} must be at least 1")
 
 
-def parse_list(list_path: str, data: str, masks: str) -> tuple[list[Entry], list[Problem]]:
+def parse_list(list_path: str, data: str, masks: str,
+               num_classes: int = NUM_CLASSES) -> tuple[list[Entry], list[Problem]]:
     """List lines -> entries, read by the data layer's reader as train.py and infer_val.py read them (SPEC 9.2
     splits on single spaces; any whitespace separates the columns here, as in the data layer); malformed lines
     are problems. The GT is <data>/<mask column>, the prediction <masks>/<basename of the mask column>."""
@@ -155,7 +158,8 @@ def parse_list(list_path: str, data: str, masks: str) -> tuple[list[Entry], list
     entries = []
     for number, _, gt_path in items:
         gt_name = os.path.basename(gt_path)
-        entries.append(Entry(number - 1, os.path.splitext(gt_name)[0], gt_path, os.path.join(masks, gt_name)))
+        entries.append(Entry(number - 1, os.path.splitext(gt_name)[0], gt_path, os.path.join(masks, gt_name),
+                             num_classes))
     problems = [Problem(number - 1, "malformed_line", f"line {number}", message) for number, message in malformed]
     return entries, problems
 
@@ -195,9 +199,9 @@ def oracle_prediction(gt: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return pred
 
 
-def evaluate_image(entry: Entry, oracle: tuple[int, int] | None,
-                   num_classes: int = NUM_CLASSES) -> tuple[np.ndarray | None, Problem | None]:
+def evaluate_image(entry: Entry, oracle: tuple[int, int] | None) -> tuple[np.ndarray | None, Problem | None]:
     """Decode one GT/prediction pair -> (its [C, C] confusion matrix, None) or (None, the problem)."""
+    num_classes = entry.num_classes
 
     def problem(kind: str, detail: str) -> tuple[None, Problem]:
         return None, Problem(entry.index, kind, entry.image_id, detail)
@@ -235,7 +239,7 @@ def evaluate_chunk(entries: list[Entry], oracle: tuple[int, int] | None,
     out = EvalResult(conf=np.zeros((num_classes, num_classes), dtype=np.int64))
     for entry in entries:
         try:
-            conf, problem = evaluate_image(entry, oracle, num_classes)
+            conf, problem = evaluate_image(entry, oracle)
         except Exception as e:
             raise RuntimeError(f"evaluating image {entry.image_id} ({entry.gt_path}) failed: {e!r}") from e
         if problem is not None:
@@ -389,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json_out is None and args.oracle is None:
         args.json_out = os.path.join(args.masks, "eval.json")
     rank, world = _dist_rank_world()
-    entries, line_problems = parse_list(args.filelist, args.data, args.masks)
+    entries, line_problems = parse_list(args.filelist, args.data, args.masks, n)
     num_listed = len(entries) + len(line_problems)
     if rank == 0:  # fail on an unwritable output before the work, not after it
         for path in filter(None, (args.log_scores, args.json_out)):

@@ -107,7 +107,7 @@ def time_pipeline(list_path: str, root: str, workers: int, repeats: int,
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        entries, _ = eval_seg.parse_list(list_path, root, os.path.join(root, "pred"))
+        entries, _ = eval_seg.parse_list(list_path, root, os.path.join(root, "pred"), num_classes)
         result = eval_seg.evaluate(entries, None, workers, progress=False, num_classes=num_classes)
         times.append(time.perf_counter() - t0)
     if result.problems:
@@ -156,7 +156,7 @@ def main() -> None:
         cli_s = time_cli(list_path, root, args.workers, args.dataset)
 
         # baseline on the first masks; the pipeline on the same masks must give the same matrix
-        entries, _ = eval_seg.parse_list(list_path, root, os.path.join(root, "pred"))
+        entries, _ = eval_seg.parse_list(list_path, root, os.path.join(root, "pred"), n_classes)
         few = entries[:args.baseline_masks]
         t0 = time.perf_counter()
         conf_loop = sum(evaluate_pair_loop(e.gt_path, e.pred_path, n_classes) for e in few)

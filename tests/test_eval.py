@@ -165,19 +165,19 @@ def test_worker_pool_equals_one_process_and_names_a_failing_image(tmp_path, monk
 
     real = eval_seg.evaluate_image
 
-    def failing(entry, *args):
+    def failing(entry, oracle):
         if entry.image_id == "im17":
             raise MemoryError("simulated")
-        return real(entry, *args)
+        return real(entry, oracle)
 
     monkeypatch.setattr(eval_seg, "evaluate_image", failing)  # forked workers inherit the patch
     with pytest.raises(RuntimeError, match="im17"):
         eval_seg.evaluate(entries, None, workers=2, progress=False)
 
-    def killed(entry, *args):
+    def killed(entry, oracle):
         if entry.image_id == "im17":
             os._exit(9)  # the worker vanishes as if killed
-        return real(entry, *args)
+        return real(entry, oracle)
 
     monkeypatch.setattr(eval_seg, "evaluate_image", killed)
     with pytest.raises(RuntimeError, match="decoding process died"):
