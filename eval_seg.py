@@ -1,10 +1,12 @@
 """Mean IoU of a directory of predicted PNG masks against the GT masks of a file list (SPEC 9).
 
     python eval_seg.py --data ./data --filelist data/val_voc.txt --masks results/pascal_voc/exp/run/val_voc
+    python eval_seg.py --dataset coco --data data/coco --filelist data/coco/val_coco.txt --masks results/coco/val
 
 stdout carries the original's report: "# of images: N", the per-class table ``Class | # | IoU | Pr | Re`` and the
 summary lines (20 foreground classes, then "With background:", the standard 21-class PASCAL VOC mIoU), plus a
-new third line over the classes present in the GT or the prediction. The confusion matrix is accumulated over
+new third line over the classes present in the GT or the prediction. --dataset coco scores the 81 COCO classes
+(datasets/info.py) in the same format: 81 table rows, 80 foreground classes, then the 81-class mean. The confusion matrix is accumulated over
 the whole split with GT 255 ignored. Also written: the per-image ranking of --log-scores, <masks>/eval.json (or
 --json-out) with every number, and confusion.png / iou.png next to the JSON.
 
@@ -28,22 +30,24 @@ from PIL import Image
 from tqdm import tqdm
 
 from datasets.filelists import scan_file_list
-from datasets.voc import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+from datasets.info import DATASETS, get_dataset
+from datasets.voc import IGNORE_INDEX, NUM_CLASSES
 from utils.errors import UserError, run_main
 from utils.fileio import check_writable_dir, write_json, write_text
 from utils.metrics import confusion_matrix, format_scores, image_class_scores, scores_from_confusion
 from utils.procs import die_with_parent
 
-# kind -> how the report names it; images with any of these are left out of the scores
+# kind -> how the report names it ({last}: the highest class index, 20 for VOC); images with any of these are left
+# out of the scores
 PROBLEM_KINDS = {
     "malformed_line": "malformed list line",
     "missing_gt": "missing GT mask",
     "unreadable_gt": "unreadable GT mask",
-    "bad_gt_values": "GT values outside 0..20 and 255",
+    "bad_gt_values": "GT values outside 0..{last} and 255",
     "missing_prediction": "missing prediction",
     "unreadable_prediction": "unreadable prediction",
     "size_mismatch": "prediction size differs from the GT",
-    "bad_prediction_values": "prediction values outside 0..20",
+    "bad_prediction_values": "prediction values outside 0..{last}",
 }
 NAMES_SHOWN = 5  # names listed per problem kind in the report (the JSON keeps all)
 MAX_CHUNK = 32  # images per worker task: few enough tasks to keep IPC small, enough to balance the workers
@@ -53,12 +57,14 @@ ORACLE_THRESHOLD = 0.5  # the original's "> 0.5", applied to the 0..255 result: 
 
 @dataclass(frozen=True)
 class Entry:
-    """One list line: its position in the list, the image id and the two PNG paths."""
+    """One list line: its position in the list, the image id, the two PNG paths and the classes it is scored
+    over (the dataset's, with background)."""
 
     index: int
     image_id: str
     gt_path: str
     pred_path: str
+    num_classes: int = NUM_CLASSES
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,8 @@ def default_workers() -> int:
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Mask Evaluation: mIoU of predicted PNG masks against GT masks")
+    p.add_argument("--dataset", type=str, default="pascal_voc",
+                   help=f"dataset whose classes are scored: {', '.join(DATASETS)} (default pascal_voc)")
     p.add_argument("--data", type=str, default="./data/annotation", help="the prefix for the ground-truth masks")
     p.add_argument("--filelist", type=str, default="./data/val.txt",
                    help="file list; the second column is the GT mask path relative to --data")
@@ -141,7 +149,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--workers {args.workers} must be at least 1")
 
 
-def parse_list(list_path: str, data: str, masks: str) -> tuple[list[Entry], list[Problem]]:
+def parse_list(list_path: str, data: str, masks: str,
+               num_classes: int = NUM_CLASSES) -> tuple[list[Entry], list[Problem]]:
     """List lines -> entries, read by the data layer's reader as train.py and infer_val.py read them (SPEC 9.2
     splits on single spaces; any whitespace separates the columns here, as in the data layer); malformed lines
     are problems. The GT is <data>/<mask column>, the prediction <masks>/<basename of the mask column>."""
@@ -149,7 +158,8 @@ def parse_list(list_path: str, data: str, masks: str) -> tuple[list[Entry], list
     entries = []
     for number, _, gt_path in items:
         gt_name = os.path.basename(gt_path)
-        entries.append(Entry(number - 1, os.path.splitext(gt_name)[0], gt_path, os.path.join(masks, gt_name)))
+        entries.append(Entry(number - 1, os.path.splitext(gt_name)[0], gt_path, os.path.join(masks, gt_name),
+                             num_classes))
     problems = [Problem(number - 1, "malformed_line", f"line {number}", message) for number, message in malformed]
     return entries, problems
 
@@ -190,7 +200,8 @@ def oracle_prediction(gt: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
 
 
 def evaluate_image(entry: Entry, oracle: tuple[int, int] | None) -> tuple[np.ndarray | None, Problem | None]:
-    """Decode one GT/prediction pair -> (its [21, 21] confusion matrix, None) or (None, the problem)."""
+    """Decode one GT/prediction pair -> (its [C, C] confusion matrix, None) or (None, the problem)."""
+    num_classes = entry.num_classes
 
     def problem(kind: str, detail: str) -> tuple[None, Problem]:
         return None, Problem(entry.index, kind, entry.image_id, detail)
@@ -201,8 +212,8 @@ def evaluate_image(entry: Entry, oracle: tuple[int, int] | None) -> tuple[np.nda
         gt = read_label_png(entry.gt_path)
     except _Unreadable as e:
         return problem("unreadable_gt", f"{entry.gt_path}: {e}")
-    if gt.max() >= NUM_CLASSES and np.any((gt >= NUM_CLASSES) & (gt != IGNORE_INDEX)):
-        bad = np.unique(gt[(gt >= NUM_CLASSES) & (gt != IGNORE_INDEX)])
+    if gt.max() >= num_classes and np.any((gt >= num_classes) & (gt != IGNORE_INDEX)):
+        bad = np.unique(gt[(gt >= num_classes) & (gt != IGNORE_INDEX)])
         return problem("bad_gt_values", f"{entry.gt_path} holds {bad[:NAMES_SHOWN].tolist()}")
     if oracle is not None:
         pred = oracle_prediction(gt, oracle)
@@ -216,15 +227,16 @@ def evaluate_image(entry: Entry, oracle: tuple[int, int] | None) -> tuple[np.nda
         if pred.shape != gt.shape:
             return problem("size_mismatch", f"{entry.pred_path} is {pred.shape[1]}x{pred.shape[0]}, "
                                             f"the GT {gt.shape[1]}x{gt.shape[0]}")
-        if pred.max() >= NUM_CLASSES or pred.min() < 0:
-            bad = np.unique(pred[(pred >= NUM_CLASSES) | (pred < 0)])
+        if pred.max() >= num_classes or pred.min() < 0:
+            bad = np.unique(pred[(pred >= num_classes) | (pred < 0)])
             return problem("bad_prediction_values", f"{entry.pred_path} holds {bad[:NAMES_SHOWN].tolist()}")
-    return confusion_matrix(gt, pred, NUM_CLASSES), None
+    return confusion_matrix(gt, pred, num_classes), None
 
 
-def evaluate_chunk(entries: list[Entry], oracle: tuple[int, int] | None) -> EvalResult:
+def evaluate_chunk(entries: list[Entry], oracle: tuple[int, int] | None,
+                   num_classes: int = NUM_CLASSES) -> EvalResult:
     """Worker task: several images summed into one result (an unexpected error names the image)."""
-    out = EvalResult()
+    out = EvalResult(conf=np.zeros((num_classes, num_classes), dtype=np.int64))
     for entry in entries:
         try:
             conf, problem = evaluate_image(entry, oracle)
@@ -240,9 +252,10 @@ def evaluate_chunk(entries: list[Entry], oracle: tuple[int, int] | None) -> Eval
 
 
 def evaluate(entries: list[Entry], oracle: tuple[int, int] | None, workers: int,
-             progress: bool = True) -> EvalResult:
-    """Evaluate entries in ``workers`` processes (in this one if 1); the result is in list order."""
-    total = EvalResult()
+             progress: bool = True, num_classes: int = NUM_CLASSES) -> EvalResult:
+    """Evaluate entries in ``workers`` processes (in this one if 1) over ``num_classes`` classes; the result is in
+    list order."""
+    total = EvalResult(conf=np.zeros((num_classes, num_classes), dtype=np.int64))
     size = max(1, min(MAX_CHUNK, -(-len(entries) // (4 * workers))))
     chunks = [entries[i:i + size] for i in range(0, len(entries), size)]
     # disable=None: the bar shows only on a terminal, so logs redirected to a file stay clean
@@ -250,19 +263,19 @@ def evaluate(entries: list[Entry], oracle: tuple[int, int] | None, workers: int,
               disable=None if progress else True, mininterval=1.0) as bar:
         if workers <= 1 or len(chunks) <= 1:
             for chunk in chunks:
-                total.merge(evaluate_chunk(chunk, oracle))
+                total.merge(evaluate_chunk(chunk, oracle, num_classes))
                 bar.update(len(chunk))
         else:
-            _evaluate_in_pool(chunks, oracle, workers, total, bar)
+            _evaluate_in_pool(chunks, oracle, workers, total, bar, num_classes)
     total.sort()
     return total
 
 
 def _evaluate_in_pool(chunks: list[list[Entry]], oracle: tuple[int, int] | None, workers: int,
-                      total: EvalResult, bar: tqdm) -> None:
+                      total: EvalResult, bar: tqdm, num_classes: int) -> None:
     pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), initializer=die_with_parent)
     try:
-        pending = {pool.submit(evaluate_chunk, chunk, oracle): chunk for chunk in chunks}
+        pending = {pool.submit(evaluate_chunk, chunk, oracle, num_classes): chunk for chunk in chunks}
         while pending:
             done, _ = wait(pending, return_when=FIRST_EXCEPTION)
             for fut in done:
@@ -305,10 +318,15 @@ def _reduce_to_rank0(result: EvalResult, rank: int, world: int) -> EvalResult:
     return merged
 
 
-def format_problems(problems: list[Problem]) -> list[str]:
+def problem_label(kind: str, num_classes: int) -> str:
+    return PROBLEM_KINDS[kind].format(last=num_classes - 1)
+
+
+def format_problems(problems: list[Problem], num_classes: int = NUM_CLASSES) -> list[str]:
     """One line per kind: the count and the first names."""
     lines = []
-    for kind, label in PROBLEM_KINDS.items():
+    for kind in PROBLEM_KINDS:
+        label = problem_label(kind, num_classes)
         names = [p.name for p in problems if p.kind == kind]
         if names:
             more = ", ..." if len(names) > NAMES_SHOWN else ""
@@ -318,11 +336,11 @@ def format_problems(problems: list[Problem]) -> list[str]:
     return lines
 
 
-def format_log_scores(image_scores: list[tuple[int, str, dict[int, int]]]) -> str:
+def format_log_scores(image_scores: list[tuple[int, str, dict[int, int]]], class_names: tuple[str, ...]) -> str:
     """The original's --log-scores file: per class a header line, then '%05d | <id>' by decreasing score."""
     out = []
-    for c in range(NUM_CLASSES):
-        out.append(CLASS_NAMES[c])
+    for c, name in enumerate(class_names):
+        out.append(name)
         ranked = sorted(((s[c], image_id) for _, image_id, s in image_scores if c in s),
                         key=lambda t: -t[0])  # stable: ties keep list order
         out.extend("%05d | %s" % (score, image_id) for score, image_id in ranked)
@@ -338,14 +356,14 @@ def problem_summary(problems: list[Problem]) -> dict:
 
 def write_outputs(args: argparse.Namespace, result: EvalResult, scores: dict, num_listed: int) -> list[str]:
     """--log-scores, the figures, and the JSON last (its presence marks a finished evaluation)."""
+    names = args.info.class_names
     written = [args.log_scores]
-    write_text(args.log_scores, format_log_scores(result.image_scores))
+    write_text(args.log_scores, format_log_scores(result.image_scores, names))
     if args.json_out is None:
         return written
     from utils.figures import save_confusion_figure, save_iou_figure  # matplotlib only when needed
 
     fig_dir = os.path.dirname(args.json_out)
-    names = CLASS_NAMES[:NUM_CLASSES]
     save_confusion_figure(result.conf, names, os.path.join(fig_dir, "confusion.png"))
     save_iou_figure(scores["iou"], names, os.path.join(fig_dir, "iou.png"), defined=scores["iou_defined"])
     report = {
@@ -353,6 +371,7 @@ def write_outputs(args: argparse.Namespace, result: EvalResult, scores: dict, nu
         "data": os.path.abspath(args.data),
         "masks": None if args.oracle else os.path.abspath(args.masks),
         "oracle_from": args.oracle_from,
+        "dataset": args.info.name,
         "num_listed": num_listed,
         "num_images": result.num_images,
         "class_names": list(names),
@@ -368,11 +387,13 @@ def write_outputs(args: argparse.Namespace, result: EvalResult, scores: dict, nu
 def main(argv: list[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     args.oracle = parse_oracle(args.oracle_from)
+    args.info = get_dataset(args.dataset)
     check_args(args)
+    n = args.info.num_classes
     if args.json_out is None and args.oracle is None:
         args.json_out = os.path.join(args.masks, "eval.json")
     rank, world = _dist_rank_world()
-    entries, line_problems = parse_list(args.filelist, args.data, args.masks)
+    entries, line_problems = parse_list(args.filelist, args.data, args.masks, n)
     num_listed = len(entries) + len(line_problems)
     if rank == 0:  # fail on an unwritable output before the work, not after it
         for path in filter(None, (args.log_scores, args.json_out)):
@@ -381,19 +402,19 @@ def main(argv: list[str] | None = None) -> None:
         import torch.distributed as dist
 
         dist.init_process_group("gloo")  # torchrun's MASTER_ADDR/PORT, RANK, WORLD_SIZE
-        result = evaluate(entries[rank::world], args.oracle, args.workers or default_workers(), rank == 0)
+        result = evaluate(entries[rank::world], args.oracle, args.workers or default_workers(), rank == 0, n)
         result = _reduce_to_rank0(result, rank, world)
         dist.destroy_process_group()
         if rank != 0:
             return
     else:
-        result = evaluate(entries, args.oracle, args.workers or default_workers())
+        result = evaluate(entries, args.oracle, args.workers or default_workers(), num_classes=n)
     result.problems = sorted(line_problems + result.problems, key=lambda p: p.index)
 
     if result.problems:
-        print("\n".join(format_problems(result.problems)), flush=True)
+        print("\n".join(format_problems(result.problems, n)), flush=True)
         if not args.allow_problems:
-            counts = ", ".join(f"{PROBLEM_KINDS[k]}: {v['count']}"
+            counts = ", ".join(f"{problem_label(k, n)}: {v['count']}"
                                for k, v in problem_summary(result.problems).items() if v["count"])
             raise UserError(f"{len(result.problems)} of {num_listed} list entries could not be evaluated "
                             f"({counts}; listed on stdout); fix them or pass --allow-problems to score the rest")
@@ -405,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {', '.join(written)}", file=sys.stderr, flush=True)
     # the report last, so that its final lines are the summary lines (as the original's)
     print(f"# of images: {result.num_images}")
-    print("\n".join(format_scores(scores, CLASS_NAMES)), flush=True)
+    print("\n".join(format_scores(scores, args.info.class_names)), flush=True)
 
 
 if __name__ == "__main__":

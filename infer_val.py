@@ -3,6 +3,8 @@
     python infer_val.py --dataset pascal_voc --cfg configs/voc_resnet38.yaml --exp main --run v01 \\
         --resume e020Xs0.928 --infer-list data/val_voc.txt --mask-output-dir results/val_voc \\
         --set TEST.DATA_ROOT ./data
+    python infer_val.py --dataset coco --cfg configs/coco_resnet38.yaml ... --infer-list data/coco/val_coco.txt \
+        --set TEST.DATA_ROOT data/coco
 
 loads ``<snapshot-dir>/<dataset>/<exp>/<run>/model_enc_<resume>.pth`` and writes, per image id,
 ``<out>/<id>.png`` (class indices, mode "L"), ``<out>/crf/<id>.png`` and ``<out>/vis/<id>.png`` (prediction, CRF
@@ -31,7 +33,7 @@ from datasets.checks import CHECK_THREADS, check_file_list
 from datasets.filelists import IMAGE_ERRORS, load_image
 from datasets.pascal_voc_ms import (MAX_REPORTED, build_inference_dataset, check_batch_size, check_sizes,
                                     get_inference_loader, read_inference_items)
-from datasets.voc import NUM_CLASSES
+from datasets.info import get_dataset
 from models import build_model
 from models.weights import load_snapshot
 from utils.config import INFER_RANGES, load_cfg, range_problems
@@ -155,9 +157,8 @@ def preflight(args: argparse.Namespace, cfg, writer_opts: WriterOptions, device:
     problems: list[str] = []
     if args.workers < 0:
         problems.append(f"--workers {args.workers} must be >= 0 (0 runs the data loading and writing inline)")
-    if cfg.TEST.NUM_CLASSES != NUM_CLASSES:
-        problems.append(f"config key TEST.NUM_CLASSES is {cfg.TEST.NUM_CLASSES}; the VOC data and outputs have "
-                        f"{NUM_CLASSES} classes")
+    # the model's outputs are the dataset's classes
+    _collect(problems, lambda: get_dataset(args.dataset).check_num_classes(cfg))
     problems += range_problems(cfg, INFER_RANGES)
     values_ok = not problems  # the scales and canvas checks need sound values
     if values_ok:
@@ -166,7 +167,7 @@ def preflight(args: argparse.Namespace, cfg, writer_opts: WriterOptions, device:
         _collect(problems, writer_opts.crf.check)
         _collect(problems, require_pydensecrf)
     if decode:
-        items, found = checked_items(args.infer_list, cfg.TEST.DATA_ROOT)
+        items, found = checked_items(args.infer_list, cfg.TEST.DATA_ROOT, cfg.TEST.NUM_CLASSES)
     else:  # TRAIN.ON_CORRUPT skip: the loader leaves corrupt images out
         found = []
         items = _collect(found, read_inference_items, args.infer_list, cfg.TEST.DATA_ROOT)
@@ -198,15 +199,16 @@ def check_only(args: argparse.Namespace, cfg, writer_opts: WriterOptions) -> Non
           f"output directory {args.mask_output_dir}")
 
 
-def checked_items(infer_list: str, data_root: str) -> tuple[list | None, list[str]]:
+def checked_items(infer_list: str, data_root: str, num_classes: int) -> tuple[list | None, list[str]]:
     """(the images to infer or None, every problem of the listed files), each file decoded once.
 
-    A file list is checked first (every line: the image exists and decodes, a mask is a valid PNG of 0..20 and
-    255 of the image's size), so that one missing file does not hide the others' problems; the items are read
+    A file list is checked first (every line: the image exists and decodes, a mask is a valid PNG of
+    0..num_classes-1 and 255 of the image's size), so that one missing file does not hide the others' problems; the items are read
     only when it found none. A folder's images are decoded.
     """
     if os.path.isfile(infer_list):
-        found = check_file_list(infer_list, data_root, need_masks=False, limit=MAX_REPORTED)
+        found = check_file_list(infer_list, data_root, need_masks=False, limit=MAX_REPORTED,
+                                num_classes=num_classes)
         if found:
             return None, found
     problems: list[str] = []

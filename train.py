@@ -36,7 +36,8 @@ from torch.utils.data import DataLoader
 from datasets.filelists import read_file_list
 from datasets.pascal_voc import SPLIT_LISTS, VOCSegmentation, collate_skip_none
 from datasets.transforms import dataset_cfg_problems
-from datasets.voc import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, NUM_FG, denorm
+from datasets.info import DatasetInfo, get_dataset
+from datasets.voc import IGNORE_INDEX, denorm
 from losses import get_criterion
 from models import build_model
 from utils.checkpoints import (Checkpointer, ResumePoint, best_suffix, interrupt_suffix, remove_stale_temporaries,
@@ -138,19 +139,19 @@ def check_train_cfg(cfg: AttrDict) -> list[str]:
     return problems
 
 
-def check_data(cfg: AttrDict) -> list[str]:
+def check_data(cfg: AttrDict, num_classes: int) -> list[str]:
     """Every problem of the training lists and the files they name (decodes each image and mask once), and of the
-    masks of DATASET.MASK_DIR."""
+    masks of DATASET.MASK_DIR; mask values lie in 0..num_classes-1 and 255."""
     from datasets.checks import check_file_list, check_mask_dir
 
     keys = ["TRAIN_LIST", "VAL_LIST"] + (["TRAIN_VOC_LIST"] if cfg.TRAIN.VAL_TRAIN_VOC else [])
     problems = []
     for key in keys:
         problems += check_file_list(os.path.join(cfg.DATASET.ROOT, cfg.DATASET[key]), cfg.DATASET.ROOT,
-                                    need_masks=True)
+                                    need_masks=True, num_classes=num_classes)
     if cfg.DATASET.MASK_DIR:
         problems += check_mask_dir(os.path.join(cfg.DATASET.ROOT, cfg.DATASET.TRAIN_LIST), cfg.DATASET.ROOT,
-                                   cfg.DATASET.MASK_DIR)
+                                   cfg.DATASET.MASK_DIR, num_classes=num_classes)
     return problems
 
 
@@ -186,7 +187,7 @@ def make_run_dirs(args) -> None:
         check_writable_dir(d, f"run directory ({option})")
 
 
-def preflight(args, cfg: AttrDict, ctx: DistContext) -> tuple[list[str], bool]:
+def preflight(args, cfg: AttrDict, ctx: DistContext, info: DatasetInfo) -> tuple[list[str], bool]:
     """Config, workers, data, output directories and the resume snapshot's files, checked before anything is
     built or written; every problem at once, one line each (rank 0 checks, the others learn the outcome).
 
@@ -198,6 +199,10 @@ def preflight(args, cfg: AttrDict, ctx: DistContext) -> tuple[list[str], bool]:
     config_ok = True
     if ctx.is_main:
         problems += check_train_cfg(cfg)
+        try:
+            info.check_num_classes(cfg)
+        except UserError as e:
+            problems.append(str(e))
         config_ok = not problems
         if args.workers < 0:
             problems.append(f"--workers {args.workers}: give the number of data loading processes per training "
@@ -209,7 +214,7 @@ def preflight(args, cfg: AttrDict, ctx: DistContext) -> tuple[list[str], bool]:
         if ctx.world_size > 1 and cfg.TRAIN.BATCH_SIZE % ctx.world_size:
             problems.append(f"TRAIN.BATCH_SIZE {cfg.TRAIN.BATCH_SIZE} does not split evenly over {ctx.world_size} "
                             "processes; set it to a multiple of the process count")
-        problems += check_data(cfg)
+        problems += check_data(cfg, info.num_classes)
         problems += check_split_sizes(cfg)
         if args.resume:
             try:
@@ -232,7 +237,7 @@ def build_and_load(args, cfg: AttrDict, ctx: DistContext
     """The model on its device, the optimiser, the run's checkpointer and the resumed snapshot (if any) loaded
     into them; a problem is a UserError (an unknown backbone, missing weights, a snapshot of another model)."""
     set_seed(args.random_seed + ctx.rank)  # before the model is built: the head's initialisation is seeded
-    model = build_model(cfg.NET, num_classes=NUM_CLASSES)
+    model = build_model(cfg.NET, num_classes=cfg.TEST.NUM_CLASSES)  # the dataset's (checked by preflight)
     print(f"Model: {cfg.NET.MODEL}, backbone {cfg.NET.BACKBONE}; {ctx.world_size} process(es) on {ctx.device}")
     model.to(ctx.device)
     if cfg.TRAIN.CHANNELS_LAST:
@@ -281,12 +286,12 @@ def build_optimizer(net_cfg: AttrDict, groups: list[dict]) -> torch.optim.Optimi
 
 
 def make_loader(cfg: AttrDict, split: str, ctx: DistContext, seed: int, workers: int,
-                augment: bool) -> tuple[DataLoader, EpochSampler]:
+                augment: bool, num_classes: int) -> tuple[DataLoader, EpochSampler]:
     """Loader of one split and its sampler (train: shuffled, drop_last; train_voc/val: in list order, with their
     GT masks, which score the masks; the training split's masks come from DATASET.MASK_DIR when it is set)."""
     train = split == "train"
     dataset = VOCSegmentation(cfg, split, augment=augment, with_mask=cfg.TRAIN.FULLY_SUPERVISED or not train,
-                              mask_dir=cfg.DATASET.MASK_DIR if train else "")
+                              mask_dir=cfg.DATASET.MASK_DIR if train else "", num_classes=num_classes)
     batch = cfg.TRAIN.BATCH_SIZE
     if train and len(dataset) < batch:
         raise UserError(f"split {split} ({dataset.list_path}) has {len(dataset)} images, fewer than the batch size "
@@ -416,15 +421,15 @@ def eta_line(elapsed: float, done: int, remaining: int) -> str:
     return f"ETA: {datetime.timedelta(seconds=round(left))} ({remaining} iterations left, done about {finish})"
 
 
-def log_mask_scores(writer: Any, scores: dict[str, float], epoch: int) -> None:
+def log_mask_scores(writer: Any, scores: dict[str, float], epoch: int, num_classes: int) -> None:
     """The masks' scores of a validation (``MaskScores.summary``) as TensorBoard scalars ``masks/<key>`` and console
-    lines after the original's: mIoU over the classes present and over all 21 classes, in %."""
+    lines after the original's: mIoU over the classes present and over all C classes (21 for VOC), in %."""
     for k, v in scores.items():
         writer.add_scalar(f"masks/{k}", v, epoch)
     for kind, name in MASK_NAMES.items():
         if f"miou_{kind}" in scores:
             print("mIoU {}: {:.2f} (classes present), {:.2f} (all {} classes)".format(
-                name, 100 * scores[f"miou_{kind}"], 100 * scores[f"miou21_{kind}"], NUM_CLASSES))
+                name, 100 * scores[f"miou_{kind}"], 100 * scores[f"miou{num_classes}_{kind}"], num_classes))
     if "pseudo_coverage" in scores:
         print("pseudo labels label {:.1f}% of the GT pixels".format(100 * scores["pseudo_coverage"]))
 
@@ -436,8 +441,8 @@ class Trainer:
     """State and phases of one run: validation, a training epoch, snapshots, logs."""
 
     def __init__(self, args, cfg: AttrDict, ctx: DistContext, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 checkpoints: Checkpointer | None = None):
-        self.args, self.cfg, self.ctx = args, cfg, ctx
+                 info: DatasetInfo, checkpoints: Checkpointer | None = None):
+        self.args, self.cfg, self.ctx, self.info = args, cfg, ctx, info
         self.model, self.optimizer = model, optimizer
         self.criterion = get_criterion(cfg.NET.LOSS)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.TRAIN.AMP == "fp16")
@@ -521,7 +526,7 @@ class Trainer:
         sampler.set_epoch(epoch)
         batches: list[tuple[int, dict[str, float], int]] = []
         scores, targets = [], []
-        masks = MaskScores(NUM_CLASSES)
+        masks = MaskScores(self.info.num_classes)
         test = self.cfg.TEST
         with torch.no_grad():
             for b, batch in enumerate(loader):
@@ -551,7 +556,7 @@ class Trainer:
         y_score = torch.cat([p[1] for p in parts if p[1] is not None]).numpy()
         y_true = torch.cat([p[2] for p in parts if p[2] is not None]).numpy().astype(np.int64)
         present = y_true.sum(0) > 0
-        ap = np.full(NUM_FG, np.nan)
+        ap = np.full(self.info.num_fg, np.nan)
         if present.any():
             ap[present] = average_precision_score(y_true[:, present], y_score[:, present], average=None)
         for p in parts[1:]:
@@ -559,12 +564,14 @@ class Trainer:
         mask_scores = masks.summary()
         if self.ctx.is_main:
             writer = self.writers[writer_key]
-            for k in range(NUM_FG):
-                name = CLASS_NAMES[k + 1]
+            names = self.info.class_names
+            for k in range(self.info.num_fg):
+                name = names[k + 1]
                 if present[k]:
-                    writer.add_scalar("%02d_%s/AP" % (k + 1, name), ap[k], epoch)
+                    # COCO's names have spaces ("traffic light"), which tags avoid; VOC's names have none
+                    writer.add_scalar("%02d_%s/AP" % (k + 1, name.replace(" ", "_")), ap[k], epoch)
                     print("AP_{}: {:4.3f}".format(name, ap[k]))
-            absent = [CLASS_NAMES[k + 1] for k in range(NUM_FG) if not present[k]]
+            absent = [names[k + 1] for k in range(self.info.num_fg) if not present[k]]
             if absent:
                 print(f"No AP for {len(absent)} classes absent from this split (left out of the mAP): "
                       + ", ".join(absent))
@@ -574,7 +581,7 @@ class Trainer:
             for k, v in means.items():
                 writer.add_scalar(f"all/{k}", v, epoch)
                 print("{}: {:4.3f}".format(k, v))
-            log_mask_scores(writer, mask_scores, epoch)
+            log_mask_scores(writer, mask_scores, epoch, self.info.num_classes)
         if checkpoint and epoch >= self.cfg.TRAIN.PRETRAIN:
             score = 1.0 - means["loss"] if self.cfg.TRAIN.SNAPSHOT_SCORE == "loss" else mask_scores.get(SCORED_PRED, 0.0)
             if self.ctx.is_main:
@@ -666,7 +673,8 @@ class Trainer:
         image, labels = self._to_device(fixed["image"], fixed["labels"])
         with torch.no_grad():
             _, _, out = forward_losses(self.eval_net, self.criterion, image, labels, epoch, self.cfg)
-        self.writers["train"].add_image("visualisation", visualisation_grid(image, labels, out), epoch)
+        self.writers["train"].add_image("visualisation",
+                                        visualisation_grid(image, labels, out, self.info.class_names), epoch)
 
     def check_stop(self, epoch: int, phase: str, iteration: int) -> None:
         """Between phases: stop if any process got a signal."""
@@ -761,7 +769,8 @@ def run(args, argv: list[str], cfg: AttrDict, ctx: DistContext) -> int:
     if args.workers > 0:
         torch.set_num_threads(args.workers)
     resolve_dirs(args, create=False)
-    problems, config_ok = preflight(args, cfg, ctx)
+    info = get_dataset(args.dataset)
+    problems, config_ok = preflight(args, cfg, ctx, info)
     if not config_ok:
         raise UserError("\n".join(problems))
     if ctx.is_main and not problems:
@@ -784,14 +793,16 @@ def run(args, argv: list[str], cfg: AttrDict, ctx: DistContext) -> int:
         print(f"OK: config, data lists, weights, resume snapshot and output directories checked ({args.cfg_file})")
         return 0
 
-    trainer = Trainer(args, cfg, ctx, model, optimizer, checkpoints)
+    trainer = Trainer(args, cfg, ctx, model, optimizer, info, checkpoints)
     start_epoch = trainer.resume(point) if point is not None else 0
     seed = trainer.seed
     augment_val = not cfg.TRAIN.DETERMINISTIC_VAL
-    loaders = {"train": make_loader(cfg, "train", ctx, seed, args.workers, augment=True),
-               "val": make_loader(cfg, "val", ctx, seed, args.workers, augment=augment_val)}
+    n = info.num_classes
+    loaders = {"train": make_loader(cfg, "train", ctx, seed, args.workers, augment=True, num_classes=n),
+               "val": make_loader(cfg, "val", ctx, seed, args.workers, augment=augment_val, num_classes=n)}
     if cfg.TRAIN.VAL_TRAIN_VOC:
-        loaders["train_voc"] = make_loader(cfg, "train_voc", ctx, seed, args.workers, augment=augment_val)
+        loaders["train_voc"] = make_loader(cfg, "train_voc", ctx, seed, args.workers, augment=augment_val,
+                                           num_classes=n)
 
     # set-up done: from here on the run writes
     if ctx.is_main:

@@ -13,12 +13,13 @@ import numpy as np
 from PIL import Image
 
 from datasets.filelists import IMAGE_ERRORS, check_mask_values, image_id, load_image, mask_labels, parse_file_list
+from datasets.voc import NUM_CLASSES
 from utils.errors import UserError
 
 CHECK_THREADS = 4  # PIL decodes without the GIL, so threads overlap the decoding of several files
 
 
-def _check_pair(n: int, image_path: str, mask_path: str | None, list_path: str) -> list[str]:
+def _check_pair(n: int, image_path: str, mask_path: str | None, list_path: str, num_classes: int) -> list[str]:
     """Problems of the list entry on line ``n``."""
     where = f"file list {list_path} line {n}"
     problems = []
@@ -48,7 +49,7 @@ def _check_pair(n: int, image_path: str, mask_path: str | None, list_path: str) 
                         f"class indices (convert SBD .mat files with tools/convert_sbd.py)")
         return problems
     try:
-        mask_labels(mask)
+        mask_labels(mask, num_classes)
     except ValueError as e:
         problems.append(f"{mask_path}: {e} ({where}); fix the mask or remove the line")
     if size is not None and size != (mask.shape[1], mask.shape[0]):
@@ -57,11 +58,13 @@ def _check_pair(n: int, image_path: str, mask_path: str | None, list_path: str) 
     return problems
 
 
-def check_file_list(list_path: str, root: str, need_masks: bool, limit: int = 20) -> list[str]:
+def check_file_list(list_path: str, root: str, need_masks: bool, limit: int = 20,
+                    num_classes: int = NUM_CLASSES) -> list[str]:
     """Every problem of a file list and its files, one line each (empty when all is well).
 
     Checks: the root and list exist, lines are well formed, every image and mask exists and decodes, masks are
-    palette/grey PNGs with values 0..20 and 255 and at least one foreground class, image and mask sizes agree.
+    palette/grey PNGs with values 0..C-1 (0..20 for VOC) and 255 and at least one foreground class, image and mask
+    sizes agree.
     At most ``limit`` problems are returned, then one line saying the check stopped.
     """
     try:
@@ -73,7 +76,7 @@ def check_file_list(list_path: str, root: str, need_masks: bool, limit: int = 20
     chunk = max(limit, 64)
     with ThreadPoolExecutor(CHECK_THREADS) as pool:
         for start in range(0, len(entries), chunk):
-            results = pool.map(lambda e: _check_pair(*e, list_path), entries[start:start + chunk])
+            results = pool.map(lambda e: _check_pair(*e, list_path, num_classes), entries[start:start + chunk])
             for found in results:
                 problems.extend(found)
             if len(problems) >= limit:
@@ -81,7 +84,7 @@ def check_file_list(list_path: str, root: str, need_masks: bool, limit: int = 20
     return problems
 
 
-def _check_replacement(n: int, image_path: str, mask_dir: str, list_path: str) -> list[str]:
+def _check_replacement(n: int, image_path: str, mask_dir: str, list_path: str, num_classes: int) -> list[str]:
     """Problems of the replacement mask of the list entry on line ``n`` (the image itself is checked with the list)."""
     mask_path = os.path.join(mask_dir, image_id(image_path) + ".png")
     where = f"for {image_path}, file list {list_path} line {n}"
@@ -92,7 +95,7 @@ def _check_replacement(n: int, image_path: str, mask_dir: str, list_path: str) -
         with Image.open(mask_path) as m:
             m.load()
             mode, mask = m.mode, np.asarray(m)
-        check_mask_values(mask)
+        check_mask_values(mask, num_classes)
     except IMAGE_ERRORS as e:
         return [f"{mask_path} is not a mask of class indices ({e}) ({where}); write it again"]
     if mode not in ("P", "L"):
@@ -108,7 +111,8 @@ def _check_replacement(n: int, image_path: str, mask_dir: str, list_path: str) -
     return []
 
 
-def check_mask_dir(list_path: str, root: str, mask_dir: str, limit: int = 20) -> list[str]:
+def check_mask_dir(list_path: str, root: str, mask_dir: str, limit: int = 20,
+                   num_classes: int = NUM_CLASSES) -> list[str]:
     """Every problem of the masks ``<mask_dir>/<image id>.png`` that replace the masks of a file list
     (DATASET.MASK_DIR): one per listed image, a readable palette/grey PNG of values 0..20 and 255, of the image's
     size."""
@@ -123,7 +127,7 @@ def check_mask_dir(list_path: str, root: str, mask_dir: str, limit: int = 20) ->
     chunk = max(limit, 64)
     with ThreadPoolExecutor(CHECK_THREADS) as pool:
         for start in range(0, len(entries), chunk):
-            for found in pool.map(lambda e: _check_replacement(e[0], e[1], mask_dir, list_path),
+            for found in pool.map(lambda e: _check_replacement(e[0], e[1], mask_dir, list_path, num_classes),
                                   entries[start:start + chunk]):
                 problems.extend(found)
             if len(problems) >= limit:

@@ -140,18 +140,18 @@ def load_mask(path: str) -> Image.Image:
         return Image.fromarray(np.asarray(img), "L")
 
 
-def check_mask_values(mask: np.ndarray) -> None:
-    """ValueError naming the values of a class-index mask outside 0..20 and 255."""
+def check_mask_values(mask: np.ndarray, num_classes: int = NUM_CLASSES) -> None:
+    """ValueError naming the values of a class-index mask outside 0..C-1 (0..20 for VOC) and 255."""
     values = np.unique(mask)
-    bad = values[(values >= NUM_CLASSES) & (values != IGNORE_INDEX)]
+    bad = values[(values >= num_classes) & (values != IGNORE_INDEX)]
     if len(bad):
-        raise ValueError(f"values {bad.tolist()[:5]} outside 0..{NUM_CLASSES - 1} and {IGNORE_INDEX}")
+        raise ValueError(f"values {bad.tolist()[:5]} outside 0..{num_classes - 1} and {IGNORE_INDEX}")
 
 
-def mask_labels(mask: np.ndarray) -> np.ndarray:
-    """Image-level labels [20] of a mask (SPEC 3.3), checking the values; ValueError names the problem."""
-    check_mask_values(mask)
-    labels = labels_from_mask(mask)
+def mask_labels(mask: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Image-level labels [C-1] of a mask (SPEC 3.3), checking the values; ValueError names the problem."""
+    check_mask_values(mask, num_classes)
+    labels = labels_from_mask(mask, num_classes)
     if not labels.any():
         raise ValueError("no foreground class (an image-level label needs at least one)")
     return labels

@@ -21,6 +21,7 @@ from torch.utils.data.dataloader import default_collate
 from datasets.filelists import (IMAGE_ERRORS, check_mask_values, image_id, load_image, load_mask, mask_labels,
                                 read_file_list)
 from datasets.transforms import build_transform
+from datasets.voc import NUM_CLASSES
 from utils.errors import UserError
 from utils.opts import seed_worker as default_seed_worker
 
@@ -28,20 +29,23 @@ SPLIT_LISTS = {"train": "TRAIN_LIST", "train_voc": "TRAIN_VOC_LIST", "val": "VAL
 
 
 class VOCSegmentation(Dataset):
-    """The training dataset: (image [3,S,S] float32 normalised, labels [20] float32, image id).
+    """The training dataset: (image [3,S,S] float32 normalised, labels [C-1] float32 ([20] for VOC), image id).
 
     ``split`` is "train" (train_augvoc), "train_voc" or "val"; the list is ``cfg.DATASET.<split list>`` under
     ``cfg.DATASET.ROOT``. ``augment`` selects the random training transform (the original uses it for every split)
     or the deterministic resize. ``with_mask`` appends the transformed mask [S,S] int64 (255 = ignore), for a fully
     supervised run and for scoring the validation's masks; the weakly supervised model never learns from it.
     ``mask_dir`` names a folder of class-index PNGs ``<image id>.png`` (e.g. pseudo labels) that replace the list's
-    masks as that mask; the image labels still come from the list's masks.
+    masks as that mask; the image labels still come from the list's masks. ``num_classes`` (with background) is
+    the dataset's (datasets/info.py): mask values must lie in 0..num_classes-1 or be 255; labels have one less.
     """
 
-    def __init__(self, cfg, split: str, augment: bool = True, with_mask: bool = False, mask_dir: str = ""):
+    def __init__(self, cfg, split: str, augment: bool = True, with_mask: bool = False, mask_dir: str = "",
+                 num_classes: int = NUM_CLASSES):
         if split not in SPLIT_LISTS:
             raise ValueError(f"split {split!r}: expected one of {', '.join(SPLIT_LISTS)}")
         self.split, self.with_mask, self.mask_dir = split, with_mask, mask_dir
+        self.num_classes = num_classes
         self.root = cfg.DATASET.ROOT
         self.list_path = os.path.join(self.root, cfg.DATASET[SPLIT_LISTS[split]])
         self.items = read_file_list(self.list_path, self.root, need_masks=True)
@@ -69,7 +73,7 @@ class VOCSegmentation(Dataset):
             return None
         try:
             mask = load_mask(mask_path)
-            labels = mask_labels(np.asarray(mask))
+            labels = mask_labels(np.asarray(mask), self.num_classes)
         except IMAGE_ERRORS as e:
             self._bad(mask_path, f"bad mask: {e}")
             return None
@@ -77,7 +81,7 @@ class VOCSegmentation(Dataset):
             mask_path = os.path.join(self.mask_dir, image_id(image_path) + ".png")
             try:
                 mask = load_mask(mask_path)
-                check_mask_values(np.asarray(mask))
+                check_mask_values(np.asarray(mask), self.num_classes)
             except IMAGE_ERRORS as e:
                 self._bad(mask_path, f"bad mask: {e}")
                 return None

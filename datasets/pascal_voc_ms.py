@@ -26,7 +26,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from datasets.filelists import IMAGE_ERRORS, image_id, load_image, load_mask, read_file_list
-from datasets.voc import IGNORE_INDEX, NUM_CLASSES, labels_from_mask, normalize_np
+from datasets.voc import IGNORE_INDEX, labels_from_mask, normalize_np
 from utils.errors import UserError
 from utils.procs import die_with_parent
 
@@ -172,15 +172,16 @@ class _InferenceDataset(Dataset):
         except IMAGE_ERRORS as e:
             self._bad(mask_path, f"unreadable mask: {e}")
             return None
-        bad = np.unique(mask[(mask >= NUM_CLASSES) & (mask != IGNORE_INDEX)])
+        num_classes = self.cfg.NUM_CLASSES  # the dataset's class count (the entry point checks it)
+        bad = np.unique(mask[(mask >= num_classes) & (mask != IGNORE_INDEX)])
         if len(bad):
-            self._bad(mask_path, f"mask values {bad[:5].tolist()} outside 0..{NUM_CLASSES - 1} and {IGNORE_INDEX}")
+            self._bad(mask_path, f"mask values {bad[:5].tolist()} outside 0..{num_classes - 1} and {IGNORE_INDEX}")
             return None
         if mask.shape != image.shape[:2]:
             self._bad(path, f"image is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
                             f"{mask.shape[1]}x{mask.shape[0]}")
             return None
-        return image, labels_from_mask(mask), mask
+        return image, labels_from_mask(mask, num_classes), mask
 
     def _load(self, index: int):
         """The image of dataset index ``index`` and its variant number; each image is decoded once."""

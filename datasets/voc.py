@@ -35,11 +35,11 @@ PALETTE = voc_palette()
 PALETTE_FLAT = PALETTE.reshape(-1).tolist()  # for PIL Image.putpalette
 
 
-def labels_from_mask(mask: np.ndarray) -> np.ndarray:
-    """Image-level labels [20] float32 from a class-index mask (SPEC 3.3): 255 and 0 are dropped."""
+def labels_from_mask(mask: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Image-level labels [C-1] float32 ([20] for VOC) from a class-index mask (SPEC 3.3): 255 and 0 are dropped."""
     values = np.unique(mask)
     values = values[(values != IGNORE_INDEX) & (values != 0)]
-    labels = np.zeros(NUM_FG, dtype=np.float32)
+    labels = np.zeros(num_classes - 1, dtype=np.float32)
     labels[values.astype(np.int64) - 1] = 1.0
     return labels
 

@@ -9,9 +9,15 @@ set -eo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source tools/setup_env.sh
 
+# DATASET=coco: the 81 COCO classes, data/coco/val_coco.txt under ./data/coco
 : "${DATASET:=pascal_voc}"
-: "${FILELIST:=data/val_voc.txt}" # validation
-: "${DATA_ROOT:=./data}"
+if [ "$DATASET" = coco ]; then
+  : "${FILELIST:=data/coco/val_coco.txt}" # validation
+  : "${DATA_ROOT:=./data/coco}"
+else
+  : "${FILELIST:=data/val_voc.txt}" # validation
+  : "${DATA_ROOT:=./data}"
+fi
 
 ## Your values here:
 #
@@ -36,7 +42,7 @@ if [ ! -d "$BASE_DIR" ]; then
   echo "error: no masks in $BASE_DIR; run launch/infer_val.sh with SAVE_ID=$RUN_ID and FILELIST=$FILELIST first" >&2
   exit 2
 fi
-ARGS=(--data "$DATA_ROOT" --filelist "$FILELIST")
+ARGS=(--dataset "$DATASET" --data "$DATA_ROOT" --filelist "$FILELIST")
 [ -n "$WORKERS" ] && ARGS+=(--workers "$WORKERS")
 # shellcheck disable=SC2206
 [ -n "$EXTRA_ARGS" ] && EXTRA=($EXTRA_ARGS) || EXTRA=()

@@ -11,10 +11,15 @@ set -eo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source tools/setup_env.sh
 
-# default settings
-: "${CONFIG:=configs/voc_resnet38.yaml}"
+# default settings (DATASET=coco: configs/coco_resnet38.yaml and data/coco/val_coco.txt)
 : "${DATASET:=pascal_voc}"
-: "${FILELIST:=data/val_voc.txt}" # validation
+if [ "$DATASET" = coco ]; then
+  : "${CONFIG:=configs/coco_resnet38.yaml}"
+  : "${FILELIST:=data/coco/val_coco.txt}" # validation
+else
+  : "${CONFIG:=configs/voc_resnet38.yaml}"
+  : "${FILELIST:=data/val_voc.txt}" # validation
+fi
 
 ## Your values here:
 #

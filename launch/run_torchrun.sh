@@ -4,9 +4,11 @@
 #   NPROC=4 EXP=v01 RUN_ID=r01 bash launch/run_torchrun.sh
 #   several machines: NNODES=2 NODE_RANK=0 MASTER_ADDR=host0 MASTER_PORT=29500 ... on each machine
 #   CONFIG=configs/voc_vgg16.yaml, FOREGROUND=1, EXTRA_ARGS="..." as in launch/_train_common.sh
+#   DS=coco: MS COCO 2014 with configs/coco_resnet38.yaml unless CONFIG is set
 # NPROC defaults to the number of visible GPUs (1 without a GPU: CPU processes with the gloo backend).
 
 DS=${DS:-pascal_voc}
+[ "$DS" = coco ] && : "${CONFIG:=configs/coco_resnet38.yaml}"
 
 ## Your values here:
 #

@@ -22,7 +22,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 
-from datasets.voc import NUM_CLASSES
 from utils.errors import UserError, run_main
 from utils.fileio import write_json
 from utils.inference_tools import save_palette_png
@@ -49,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def format_table(result: dict, kinds: list[str]) -> list[str]:
+def format_table(result: dict, kinds: list[str], num_classes: int) -> list[str]:
     """One line per threshold with the mIoU (%) of each kind, the best marked with '*', then the best lines."""
     lines = ["threshold" + "".join(f" | {KINDS[k]:>18}" for k in kinds), "-" * (9 + 21 * len(kinds))]
     for i, t in enumerate(result["thresholds"]):
@@ -59,21 +58,23 @@ def format_table(result: dict, kinds: list[str]) -> list[str]:
     for k in kinds:
         r = result[k]
         lines.append(f"best threshold of the {KINDS[k]}: {r['best_threshold']:.2f} "
-                     f"(mIoU {100 * r['best_miou']:.2f}, classes present; {100 * r['best_miou_21']:.2f} over 21)")
+                     f"(mIoU {100 * r['best_miou']:.2f}, classes present; "
+                     f"{100 * r[f'best_miou_{num_classes}']:.2f} over {num_classes})")
     return lines
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    _, model, device, items = load_model_and_list(args)
+    cfg, model, device, items = load_model_and_list(args)
+    n = cfg.TEST.NUM_CLASSES  # the dataset's (load_model_and_list checks it)
     thresholds = np.asarray(args.thresholds)
     confs: dict[str, np.ndarray] = {}
     maps: dict[str, list] = {k: [] for k in KINDS}  # --png: (image id, best score, its class) until t is known
-    for name, gt, labels, out in labelled_outputs(model, items, device, desc="CAM sweep"):
+    for name, gt, labels, out in labelled_outputs(model, items, device, desc="CAM sweep", num_classes=n):
         for k in KINDS:
             if k in out:
-                fg = out[k][0, 1:].float().cpu().numpy()  # [20,H,W]
-                c = threshold_sweep_confusion(fg, labels, gt, thresholds, NUM_CLASSES)  # [T,21,21]
+                fg = out[k][0, 1:].float().cpu().numpy()  # [C-1,H,W]
+                c = threshold_sweep_confusion(fg, labels, gt, thresholds, n)  # [T,C,C]
                 confs[k] = confs[k] + c if k in confs else c
                 if args.png:
                     maps[k].append((name, *best_foreground(fg, labels)))
@@ -84,15 +85,16 @@ def main(argv: list[str] | None = None) -> None:
     for k in kinds:
         s = sweep_scores(confs[k], thresholds)
         best = s["best"]
-        result[k] = {"miou": s["miou"], "miou_21": s["miou_21"], "best_threshold": s["best_threshold"],
-                     "best_index": s["best_index"], "best_miou": best["miou_present"], "best_miou_21": best["miou_21"],
+        result[k] = {"miou": s["miou"], f"miou_{n}": s[f"miou_{n}"], "best_threshold": s["best_threshold"],
+                     "best_index": s["best_index"], "best_miou": best["miou_present"],
+                     f"best_miou_{n}": best[f"miou_{n}"],
                      "best_iou": best["iou"], "best_iou_defined": best["iou_defined"], "count": best["count"]}
     for k in kinds:
         for name, best, cls in maps[k]:
             save_palette_png(threshold_prediction(best, cls, result[k]["best_threshold"]),
                              os.path.join(args.out, k, name + ".png"))
     write_json(os.path.join(args.out, "eval_cam.json"), result)
-    print("\n".join(format_table(result, kinds)))
+    print("\n".join(format_table(result, kinds, n)))
 
 
 if __name__ == "__main__":

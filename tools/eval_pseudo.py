@@ -7,6 +7,7 @@ written as PNGs for inspection and the scores as JSON.
 
     python tools/eval_pseudo.py --cfg configs/demo_ae.yaml --snapshot snapshots/.../model_enc_e010Xs0.900.pth \
         --root data/synthetic --list data/synthetic/train_voc.txt --out results/demo/pseudo_train
+    (--dataset coco with a configs/coco_*.yaml config for the COCO lists)
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 from PIL import Image
 
-from datasets.voc import NUM_CLASSES, PALETTE_FLAT
+from datasets.voc import PALETTE_FLAT
 from utils.errors import run_main
 from utils.fileio import save_image, write_json
 from utils.inference_tools import label_maps
@@ -43,10 +44,11 @@ def _save_label(lab: np.ndarray, path: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cfg, model, device, items = load_model_and_list(args)
+    num_classes = cfg.TEST.NUM_CLASSES  # the dataset's (load_model_and_list checks it)
 
     kinds = ("cam", "dec", "pseudo")
-    scores = MaskScores(NUM_CLASSES)
-    for name, gt, _, out in labelled_outputs(model, items, device, desc="pseudo labels"):
+    scores = MaskScores(num_classes)
+    for name, gt, _, out in labelled_outputs(model, items, device, desc="pseudo labels", num_classes=num_classes):
         maps = {k: v[0].cpu().numpy() for k, v in label_maps(out, cfg.TEST.FP_CUT_SCORE, cfg.TEST.BG_POW).items()
                 if k in kinds}
         # pixels the pseudo labels leave unlabelled are scored by their coverage, not as errors

@@ -302,10 +302,17 @@ def _centre_in_band(rng: np.random.Generator, band: np.ndarray, idx: int, margin
     return float(rng.uniform(margin, w - margin)), float(rng.uniform(margin, h - margin))
 
 
-def _draw_object(rng, canvas, hw, shape_k, cx, cy, r, colour, texture, head_colour, d):
-    """Paint one body (+ head) onto ``canvas``; return its [H,W] bool coverage."""
+HEAD_OUTLINE_POINTS = 16  # vertices of the polygon that outlines a round head (instance annotations)
+
+
+def _draw_object(rng, canvas, hw, shape_k, cx, cy, r, colour, texture, head_colour, d, outlines=None):
+    """Paint one body (+ head) onto ``canvas``; return its [H,W] bool coverage. A list ``outlines`` receives the
+    [N, 2] (x, y) polygons of the body and the head (the instance annotations of the COCO layout)."""
     aspect, angle = rng.uniform(0.75, 1.3), rng.uniform(-0.45, 0.45)
-    body = _polygon_mask(_place(_unit_outline(SHAPES[shape_k % len(SHAPES)]), cx, cy, r, aspect, angle), hw)
+    body_outline = _place(_unit_outline(SHAPES[shape_k % len(SHAPES)]), cx, cy, r, aspect, angle)
+    body = _polygon_mask(body_outline, hw)
+    if outlines is not None:
+        outlines.append(body_outline)
     ys, xs = np.nonzero(body)
     if not len(ys):
         return body
@@ -322,6 +329,9 @@ def _draw_object(rng, canvas, hw, shape_k, cx, cy, r, colour, texture, head_colo
         hx, hy = _place(np.array([[0.0, -0.55]]), cx, cy, r, aspect, angle)[0]
         head = _disk_mask(hx, hy, d.head_frac * r, hw)
         canvas[head] = head_colour
+        if outlines is not None:
+            t = np.linspace(0, 2 * np.pi, HEAD_OUTLINE_POINTS, endpoint=False)
+            outlines.append(np.stack([hx + d.head_frac * r * np.cos(t), hy + d.head_frac * r * np.sin(t)], 1))
         cover = body | head
     return cover
 
@@ -360,8 +370,12 @@ def object_border(lab: np.ndarray, radius: int) -> np.ndarray:
 
 
 def render_image(rng: np.random.Generator, width: int, height: int, classes: Sequence[int],
-                 d: Difficulty) -> tuple[Image.Image, np.ndarray]:
-    """One image: (RGB PIL image after blur/noise, [H, W] uint8 class map without borders, values in classes∪{0})."""
+                 d: Difficulty, instances: list | None = None) -> tuple[Image.Image, np.ndarray]:
+    """One image: (RGB PIL image after blur/noise, [H, W] uint8 class map without borders, values in classes∪{0}).
+
+    A list ``instances`` receives one (class, [H, W] bool coverage, outline polygons in pixel coordinates) per
+    labelled object, in drawing order; the coverage includes what later objects hide (instance annotations).
+    """
     hw = (height * SUPERSAMPLE, width * SUPERSAMPLE)
     s = min(hw)
     present = _pick_classes(rng, len(classes), d)
@@ -397,9 +411,13 @@ def render_image(rng: np.random.Generator, width: int, height: int, classes: Seq
                 break
         placed.append((cx, cy, r))
         bg = band_colours[int(band[min(int(cy), hw[0] - 1), min(int(cx), hw[1] - 1)])]
+        outlines: list[np.ndarray] = []
         cover = _draw_object(rng, canvas, hw, k, cx, cy, r, _contrasting_colour(rng, bg, d.body_contrast),
-                             BODY_TEXTURES[k % len(BODY_TEXTURES)], _head_colour(k), d)
+                             BODY_TEXTURES[k % len(BODY_TEXTURES)], _head_colour(k), d, outlines)
         lab[cover] = classes[k]
+        if instances is not None:
+            small = cover.reshape(height, SUPERSAMPLE, width, SUPERSAMPLE).mean(axis=(1, 3)) >= 0.5
+            instances.append((classes[k], small, [o / SUPERSAMPLE for o in outlines]))
 
     img = canvas.clip(0, 255).reshape(height, SUPERSAMPLE, width, SUPERSAMPLE, 3).mean(axis=(1, 3))
     pil = Image.fromarray(np.round(img).astype(np.uint8), "RGB")
@@ -428,12 +446,15 @@ def _save_png(arr: np.ndarray, path: str, palette: bool) -> None:
 
 
 def draw_sample(split: str, index: int, seed: int, size: int, classes: Sequence[int],
-                d: Difficulty) -> tuple[Image.Image, np.ndarray]:
-    """Image ``index`` of ``split``: (RGB image, [H, W] uint8 class map without the border band)."""
+                d: Difficulty, instances: list | None = None) -> tuple[Image.Image, np.ndarray]:
+    """Image ``index`` of ``split``: (RGB image, [H, W] uint8 class map without the border band); a list
+    ``instances`` receives the labelled objects of the image (see ``render_image``)."""
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
     height = int(round(size * rng.uniform(0.75, 1.0)))  # landscape images of varying height, as most VOC photos
     for _ in range(MAX_TRIES):
-        img, lab = render_image(rng, size, height, classes, d)
+        if instances is not None:
+            instances.clear()
+        img, lab = render_image(rng, size, height, classes, d, instances)
         visible = lab.copy()
         visible[object_border(lab, d.border)] = IGNORE_INDEX
         fg = np.unique(visible[(visible != 0) & (visible != IGNORE_INDEX)])

@@ -4,7 +4,8 @@ tools/eval_cam.py score.
 For every image the model runs its training-mode forward (in eval mode) with the image labels read from the GT
 mask. That gives the masks cleaned with those labels ("cam": the CAM baseline's normalised CAMs with its constant
 background score, or the single-stage model's softmax masks), for the single-stage model their PAMR refinement
-("dec") and the pseudo ground truth learnt from ("pseudo"), each [1, 21, H, W] at the image's size.
+("dec") and the pseudo ground truth learnt from ("pseudo"), each [1, C, H, W] at the image's size (C = 21 for
+--dataset pascal_voc, 81 for coco).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from datasets.info import DATASETS, get_dataset
 from datasets.pascal_voc import read_file_list
 from datasets.voc import NUM_CLASSES, labels_from_mask, normalize_np
 from utils.config import AttrDict, load_cfg
@@ -33,27 +35,31 @@ def add_model_list_args(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--list", required=True, help="file list with image and mask columns")
     p.add_argument("--out", required=True, help=out_help)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run")
+    p.add_argument("--dataset", default="pascal_voc", help=f"dataset of the list: {', '.join(DATASETS)}")
 
 
 def load_model_and_list(args: argparse.Namespace) -> tuple[AttrDict, torch.nn.Module, torch.device,
                                                             list[tuple[str, str]]]:
-    """The config, the snapshot's model in eval mode on the chosen device, and the (image, mask) paths of the list."""
+    """The config, the snapshot's model in eval mode on the chosen device, and the (image, mask) paths of the list;
+    the config's TEST.NUM_CLASSES is checked to be the --dataset's."""
     from models import build_model
     from models.weights import load_snapshot
     from utils.opts import select_device
 
     cfg = load_cfg(args.cfg, args.set_cfgs)
     cfg.NET.FROM_SCRATCH = True  # the snapshot overwrites every weight
+    get_dataset(args.dataset).check_num_classes(cfg)
     device = select_device(args.device)
     items = read_file_list(args.list, args.root, need_masks=True)
-    model = build_model(cfg.NET, num_classes=NUM_CLASSES)
+    model = build_model(cfg.NET, num_classes=cfg.TEST.NUM_CLASSES)
     load_snapshot(model, args.snapshot)
     return cfg, model.to(device).eval(), device, items
 
 
-def labelled_outputs(model: torch.nn.Module, items: list[tuple[str, str]], device: torch.device,
-                     desc: str) -> Iterator[tuple[str, np.ndarray, np.ndarray, dict[str, torch.Tensor]]]:
-    """(image id, GT mask [H,W], GT image labels [20] 0/1, the model's outputs) for every image of the list."""
+def labelled_outputs(model: torch.nn.Module, items: list[tuple[str, str]], device: torch.device, desc: str,
+                     num_classes: int = NUM_CLASSES
+                     ) -> Iterator[tuple[str, np.ndarray, np.ndarray, dict[str, torch.Tensor]]]:
+    """(image id, GT mask [H,W], GT image labels [C-1] 0/1, the model's outputs) for every image of the list."""
     for img_path, mask_path in tqdm(items, desc=desc, file=sys.stderr, mininterval=2):
         name = os.path.splitext(os.path.basename(img_path))[0]
         try:
@@ -64,7 +70,7 @@ def labelled_outputs(model: torch.nn.Module, items: list[tuple[str, str]], devic
                             "run tools/check_data.py on the list") from None
         x = torch.from_numpy(normalize_np(img)).permute(2, 0, 1)[None].to(device)  # [1,3,H,W]
         raw = torch.from_numpy(img).permute(2, 0, 1)[None].float().div(255).to(device)  # [1,3,H,W] in [0,1]
-        labels = labels_from_mask(gt)  # [20]
+        labels = labels_from_mask(gt, num_classes)  # [C-1]
         with torch.inference_mode():
             out = model(x, raw, torch.from_numpy(labels)[None].to(device))
         yield name, gt, labels, out

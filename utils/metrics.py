@@ -16,9 +16,10 @@ from datasets.voc import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 
 # added to every denominator, as the original: a class that is absent and never predicted scores 0
 EPS = 1e-20
+NAME_WIDTH = 12  # the class-name column; wider only for longer names (COCO's "baseball glove"), never for VOC
 TABLE_WIDTH = 44  # "{:>12}" + 4 x " | {:>5}"; the original's separator is 44 dashes
-_HEAD_FMT = "{:>12}" + " | {:>5}" * 4
-_ROW_FMT = "{:>12} | {:>5}" + " | {:>5.1f}" * 3
+_HEAD_FMT = "{:>{w}}" + " | {:>5}" * 4
+_ROW_FMT = "{:>{w}} | {:>5}" + " | {:>5.1f}" * 3
 
 
 def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -70,8 +71,9 @@ def scores_from_confusion(conf: np.ndarray) -> dict:
 
     Keys: ``count`` (GT pixels per class), ``iou``, ``precision``, ``recall`` (lists of C fractions),
     ``iou_defined`` (TP + FP + FN > 0), and for each average ``miou_*``, ``precision_*``, ``recall_*`` with
-    ``*`` = ``fg`` (the C-1 foreground classes: the original's first summary line), ``21`` (all classes with
-    background: the standard PASCAL VOC mIoU, the original's "With background" line) and ``present``
+    ``*`` = ``fg`` (the C-1 foreground classes: the original's first summary line), ``<C>`` (all classes with
+    background: ``21`` for VOC, the standard PASCAL VOC mIoU and the original's "With background" line; ``81`` for
+    COCO) and ``present``
     (only the classes with iou_defined, for data sets that use fewer classes).
     """
     conf = np.asarray(conf, dtype=np.float64)
@@ -85,7 +87,7 @@ def scores_from_confusion(conf: np.ndarray) -> dict:
     defined = (tp + fp + fn) > 0
     subsets = {
         "fg": np.arange(num_classes) > 0,
-        "21": np.ones(num_classes, dtype=bool),
+        str(num_classes): np.ones(num_classes, dtype=bool),
         "present": defined,
     }
     out: dict = {"count": [int(v) for v in conf.sum(axis=1)]}
@@ -108,14 +110,16 @@ def format_scores(scores: dict, class_names: tuple[str, ...] = CLASS_NAMES) -> l
 
     ``Class | # | IoU | Pr | Re`` with right-aligned columns (count = GT pixels, scores in % with one decimal),
     a 44-dash separator, then the 20-class mean, the 21-class mean ("With background:", the standard VOC
-    mIoU) and, new, the mean over the classes that occur in the GT or the prediction.
+    mIoU) and, new, the mean over the classes that occur in the GT or the prediction. With C classes the table
+    has C rows and the second summary line is the C-class mean.
     """
-    lines = [_HEAD_FMT.format("Class", "#", "IoU", "Pr", "Re"), "-" * TABLE_WIDTH]
+    w = max([NAME_WIDTH] + [len(class_names[c]) for c in range(len(scores["count"]))])
+    lines = [_HEAD_FMT.format("Class", "#", "IoU", "Pr", "Re", w=w), "-" * (TABLE_WIDTH + w - NAME_WIDTH)]
     for c, count in enumerate(scores["count"]):
         lines.append(_ROW_FMT.format(class_names[c], count, 100 * scores["iou"][c],
-                                     100 * scores["precision"][c], 100 * scores["recall"][c]))
+                                     100 * scores["precision"][c], 100 * scores["recall"][c], w=w))
     lines.append(_summary(scores, "fg"))
-    lines.append("With background: " + _summary(scores, "21"))
+    lines.append("With background: " + _summary(scores, str(len(scores["count"]))))
     lines.append("Over classes present in GT or prediction: " + _summary(scores, "present"))
     return lines
 
@@ -165,16 +169,17 @@ class MaskScores:
         self.pseudo_labelled += other.pseudo_labelled
 
     def summary(self) -> dict[str, float]:
-        """``miou_<kind>`` (mean IoU over the classes present in the GT or the masks), ``miou21_<kind>`` (over
-        all classes: the standard VOC mIoU) for every kind seen, and ``pseudo_coverage`` (fraction of the labelled
-        GT pixels that the pseudo labels label) when pseudo labels were seen; kinds in MASK_KINDS order."""
+        """``miou_<kind>`` (mean IoU over the classes present in the GT or the masks), ``miou<C>_<kind>`` (over
+        all C classes: ``miou21_<kind>`` is the standard VOC mIoU) for every kind seen, and ``pseudo_coverage``
+        (fraction of the labelled GT pixels that the pseudo labels label) when pseudo labels were seen; kinds in
+        MASK_KINDS order."""
         out: dict[str, float] = {}
         for kind in sorted(self.conf, key=lambda k: MASK_KINDS.index(k) if k in MASK_KINDS else len(MASK_KINDS)):
             if self.conf[kind].sum() == 0:
                 continue
             s = scores_from_confusion(self.conf[kind])
             out[f"miou_{kind}"] = s["miou_present"]
-            out[f"miou21_{kind}"] = s["miou_21"]
+            out[f"miou{self.num_classes}_{kind}"] = s[f"miou_{self.num_classes}"]
         if self.labelled:
             out["pseudo_coverage"] = self.pseudo_labelled / self.labelled
         return out
@@ -241,11 +246,13 @@ def sweep_scores(confs: np.ndarray, thresholds: np.ndarray | list[float]) -> dic
 
     confs [T, C, C] accumulated over a split by ``threshold_sweep_confusion``. The mIoU is over the classes
     present (``miou_present`` of ``scores_from_confusion``); the best threshold is the one with the highest such
-    mIoU (the lowest threshold among equals). Keys: ``thresholds``, ``miou`` and ``miou_21`` (lists of T),
+    mIoU (the lowest threshold among equals). Keys: ``thresholds``, ``miou`` and ``miou_<C>`` (lists of T; the
+    mean over all C classes, ``miou_21`` for VOC),
     ``best_threshold``, ``best_index`` and ``best`` (every score of ``scores_from_confusion`` at that threshold).
     """
     per_t = [scores_from_confusion(c) for c in confs]
     miou = [s["miou_present"] for s in per_t]
     best = int(np.argmax(miou))
-    return {"thresholds": [float(t) for t in thresholds], "miou": miou, "miou_21": [s["miou_21"] for s in per_t],
+    all_classes = f"miou_{np.shape(confs)[-1]}"
+    return {"thresholds": [float(t) for t in thresholds], "miou": miou, all_classes: [s[all_classes] for s in per_t],
             "best_threshold": float(thresholds[best]), "best_index": best, "best": per_t[best]}

@@ -12,7 +12,7 @@ from utils.errors import UserError
 
 def get_arg_parser(description: str = "Model Evaluation") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--dataset", type=str, default=None, help="dataset key (only pascal_voc); used in directory names")
+    p.add_argument("--dataset", type=str, default=None, help="dataset: pascal_voc or coco (datasets/info.py: classes, palette); used in directory names")
     p.add_argument("--exp", type=str, default="main", help="experiment id (groups runs)")
     p.add_argument("--resume", type=str, default=None,
                    help="snapshot suffix to load, e.g. e020Xs0.928 (train.py also accepts 'last')")
@@ -39,7 +39,7 @@ def get_arg_parser(description: str = "Model Evaluation") -> argparse.ArgumentPa
 def resolve_dirs(args: argparse.Namespace, create: bool = True) -> argparse.Namespace:
     """The original's directory conventions: <base>/<dataset>/<exp>/<run>."""
     if args.dataset is None:
-        raise UserError("--dataset is required (use --dataset pascal_voc)")
+        raise UserError("--dataset is required (use --dataset pascal_voc or --dataset coco)")
     if args.run is None:
         raise UserError("--run is required: it names the run's log and snapshot directories")
     for name, value in (("--dataset", args.dataset), ("--exp", args.exp), ("--run", args.run)):

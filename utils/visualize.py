@@ -10,13 +10,14 @@ import glob
 import os
 import struct
 from functools import lru_cache
+from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
-from datasets.voc import CLASS_NAMES, NUM_CLASSES, PALETTE, denorm
+from datasets.voc import CLASS_NAMES, PALETTE, denorm
 from utils.fileio import write_error
 
 PANELS = ("cam", "dec", "pseudo")  # overlays, in the original's order
@@ -41,12 +42,12 @@ def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 
 def overlay(image: torch.Tensor, masks: torch.Tensor, plain_where_empty: bool = False) -> torch.Tensor:
-    """image [3,H,W] RGB in [0,1], masks [21,H,W] -> [3,H,W]: ``0.3 image + 0.7 colour(argmax) min(max, 1)``.
+    """image [3,H,W] RGB in [0,1], masks [C,H,W] -> [3,H,W]: ``0.3 image + 0.7 colour(argmax) min(max, 1)``.
 
     ``plain_where_empty``: pixels where no channel is set (pseudo labels: "ignore") show the plain image.
     """
     conf, idx = masks.max(0)  # [H,W]
-    colours = torch.from_numpy(PALETTE[:NUM_CLASSES].astype(np.float32) / 255.0).to(image.device)  # [21,3]
+    colours = torch.from_numpy(PALETTE[:masks.shape[0]].astype(np.float32) / 255.0).to(image.device)  # [C,3]
     colour = colours[idx].permute(2, 0, 1)  # [3,H,W]
     out = IMAGE_WEIGHT * image + MASK_WEIGHT * colour * conf.clamp(max=1.0)
     if plain_where_empty:
@@ -55,16 +56,18 @@ def overlay(image: torch.Tensor, masks: torch.Tensor, plain_where_empty: bool = 
     return out
 
 
-def _header(labels: torch.Tensor, width: int) -> torch.Tensor:
+def _header(labels: torch.Tensor, width: int, class_names: Sequence[str]) -> torch.Tensor:
     """[3,16,W] black strip with the names of the image's classes in white."""
-    names = ", ".join(CLASS_NAMES[k + 1] for k in torch.nonzero(labels > 0).flatten().tolist())
+    names = ", ".join(class_names[k + 1] for k in torch.nonzero(labels > 0).flatten().tolist())
     img = Image.new("RGB", (width, HEADER_HEIGHT), (0, 0, 0))
     ImageDraw.Draw(img).text(TEXT_POS, names, fill=(255, 255, 255), font=_font())
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
 
 
-def visualisation_grid(image: torch.Tensor, labels: torch.Tensor, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The ``visualisation`` image: image [B,3,H,W] normalised, labels [B,20], model outputs -> [3,H',W'] in [0,1]."""
+def visualisation_grid(image: torch.Tensor, labels: torch.Tensor, outputs: dict[str, torch.Tensor],
+                       class_names: Sequence[str] = CLASS_NAMES) -> torch.Tensor:
+    """The ``visualisation`` image: image [B,3,H,W] normalised, labels [B,C-1] ([B,20] for VOC), model outputs ->
+    [3,H',W'] in [0,1]; ``class_names`` (background first) name the labels in each row's header."""
     raw = denorm(image.detach().float().cpu()).clamp(0, 1)  # [B,3,H,W]
     rows = []
     for b in range(raw.shape[0]):
@@ -74,7 +77,7 @@ def visualisation_grid(image: torch.Tensor, labels: torch.Tensor, outputs: dict[
                 masks = outputs[key][b].detach().float().cpu()
                 panels.append(overlay(raw[b], masks, plain_where_empty=key == "pseudo"))
         row = torch.cat(panels, dim=2)  # [3,H,W*P]
-        rows.append(torch.cat((_header(labels[b], row.shape[2]), row), dim=1))
+        rows.append(torch.cat((_header(labels[b], row.shape[2], class_names), row), dim=1))
     return make_grid(torch.stack(rows), nrow=1, padding=GRID_PADDING, pad_value=GRID_PAD_VALUE)
 
 

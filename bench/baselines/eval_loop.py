@@ -23,8 +23,8 @@ def confusion_loop(gt: np.ndarray, pred: np.ndarray, num_classes: int = NUM_CLAS
     return conf
 
 
-def evaluate_pair_loop(gt_path: str, pred_path: str) -> np.ndarray:
+def evaluate_pair_loop(gt_path: str, pred_path: str, num_classes: int = NUM_CLASSES) -> np.ndarray:
     """Decode one GT/prediction pair with PIL and count it with the loop."""
     gt = np.array(Image.open(gt_path)).astype(np.int64)
     pred = np.array(Image.open(pred_path)).astype(np.int64)
-    return confusion_loop(gt, pred)
+    return confusion_loop(gt, pred, num_classes)
