@@ -1,5 +1,6 @@
 """Opt-in (``-m slow``): the four original backbones at the original's input sizes, forward and backward on CPU,
-with the sizes of SPEC Appendix B, and a full-size ResNet38 snapshot written and read back."""
+with the sizes of SPEC Appendix B (and EfficientNet-Lite0 at ResNet38's crop), and a full-size ResNet38 snapshot
+written and read back."""
 from __future__ import annotations
 
 import math
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 # backbone: (training crop, mask grid = conv3, conv6), SPEC Appendix B
 FULL_SIZE = {"resnet38": (321, 81, 41), "vgg16": (448, 112, 56), "resnet50": (448, 112, 28),
-             "resnet101": (448, 112, 28)}
+             "resnet101": (448, 112, 28), "efficientnet_lite0": (321, 81, 41)}
 
 
 @pytest.fixture(autouse=True)
