@@ -8,8 +8,7 @@
 # FOREGROUND=1 (run in the foreground, output to the terminal and the log; exit status of train.py).
 # Relative paths are relative to the repository root, where the run starts.
 set -eo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-source tools/setup_env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/_lib.sh"
 
 : "${DS:=pascal_voc}"
 : "${LOGDIR:=./logs}"
@@ -19,29 +18,11 @@ source tools/setup_env.sh
 [ -n "${RUNNER+x}" ] || RUNNER=(python)
 [ -n "${MODEL_SETS+x}" ] || MODEL_SETS=()
 
-for v in EXP RUN_ID; do
-  if [ -z "${!v}" ]; then
-    echo "error: $v is empty; set it at the top of $0 or in the environment (e.g. EXP=v01 RUN_ID=r01 bash $0)" >&2
-    exit 2
-  fi
-done
+require_vars EXP RUN_ID
 
-# EXTRA_ARGS: the --set pairs go after a single --set (argparse's --set takes every token up to the next option)
-# shellcheck disable=SC2206
-EXTRA=($EXTRA_ARGS)
-OTHER=()
+# EXTRA_ARGS: its --set pairs join the script's after one --set (later ones win)
 SETS=("${MODEL_SETS[@]}")
-in_set=0
-for tok in "${EXTRA[@]}"; do
-  if [ "$tok" = "--set" ]; then
-    in_set=1
-  elif [ "$in_set" = 1 ] && [[ "$tok" != --* ]]; then
-    SETS+=("$tok")
-  else
-    in_set=0
-    OTHER+=("$tok")
-  fi
-done
+split_extra_args "$EXTRA_ARGS"
 
 # --run-id is train.py's --run under a name torchrun's parser does not take for an abbreviation of its --run-path
 CMD=("${RUNNER[@]}" train.py --dataset "$DS" --cfg "$CONFIG" --exp "$EXP" --run-id "$RUN_ID"
@@ -52,10 +33,4 @@ LOG_FILE="$LOGDIR/$DS/$EXP/$RUN_ID.log"
 mkdir -p "$(dirname "$LOG_FILE")"
 echo "${CMD[*]}"
 echo "Log: $LOG_FILE"
-if [ "$FOREGROUND" = 1 ]; then
-  "${CMD[@]}" 2>&1 | tee "$LOG_FILE"
-  exit "${PIPESTATUS[0]}"
-fi
-nohup "${CMD[@]}" > "$LOG_FILE" 2>&1 &
-sleep 1
-tail -f "$LOG_FILE"
+run_logged "$LOG_FILE" "${CMD[@]}"

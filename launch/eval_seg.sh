@@ -6,8 +6,7 @@
 # FOREGROUND=1 runs both evaluations one after the other in the foreground (no nohup, no tail) and exits
 # non-zero if one fails; EXTRA_ARGS goes to eval_seg.py (e.g. EXTRA_ARGS=--allow-problems).
 set -eo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-source tools/setup_env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/_lib.sh"
 
 # DATASET=coco: the 81 COCO classes, data/coco/val_coco.txt under ./data/coco
 : "${DATASET:=pascal_voc}"
@@ -29,12 +28,7 @@ fi
 : "${EXTRA_ARGS:=}"
 : "${FOREGROUND:=0}"
 
-for v in OUTPUT_DIR EXP RUN_ID; do
-  if [ -z "${!v}" ]; then
-    echo "error: $v is empty; set it at the top of $0 or in the environment (e.g. $v=... bash $0)" >&2
-    exit 2
-  fi
-done
+require_vars OUTPUT_DIR EXP RUN_ID
 
 LISTNAME=$(basename "$FILELIST" .txt)
 BASE_DIR=$OUTPUT_DIR/$DATASET/$EXP/$RUN_ID/$LISTNAME

@@ -9,29 +9,16 @@
 # GT's root for the evaluation) to ./data; EXTRA_ARGS go to infer_val.py (its --set pairs join
 # TEST.USE_GT_LABELS True after one --set). Relative paths are relative to the repository root.
 set -eo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source "$(dirname "${BASH_SOURCE[0]}")/_lib.sh"
 
 : "${FILELIST:=data/train_augvoc.txt}"
 : "${EXTRA_ARGS:=}"
 : "${RUN_ID:=}"
 : "${SAVE_ID:=$RUN_ID}"
 
-# the user's --set pairs and ours after a single --set (argparse's --set takes every token up to the next option)
-# shellcheck disable=SC2206
-EXTRA=($EXTRA_ARGS)
-OTHER=()
+# the user's --set pairs and ours after a single --set
 SETS=()
-in_set=0
-for tok in "${EXTRA[@]}"; do
-  if [ "$tok" = "--set" ]; then
-    in_set=1
-  elif [ "$in_set" = 1 ] && [[ "$tok" != --* ]]; then
-    SETS+=("$tok")
-  else
-    in_set=0
-    OTHER+=("$tok")
-  fi
-done
+split_extra_args "$EXTRA_ARGS"
 SETS+=(TEST.USE_GT_LABELS True)
 
 export FILELIST SAVE_ID FOREGROUND=1 EXTRA_ARGS="${OTHER[*]} --set ${SETS[*]}"

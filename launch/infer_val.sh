@@ -8,8 +8,7 @@
 # FOREGROUND=1 runs in the foreground (no nohup, no tail) and exits with the command's status.
 # Relative paths are relative to the repository root.
 set -eo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-source tools/setup_env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/_lib.sh"
 
 # default settings (DATASET=coco: configs/coco_resnet38.yaml and data/coco/val_coco.txt)
 : "${DATASET:=pascal_voc}"
@@ -35,12 +34,7 @@ fi
 : "${FOREGROUND:=0}"
 export OMP_NUM_THREADS=$NUM_THREADS
 
-for v in OUTPUT_DIR EXP RUN_ID SNAPSHOT; do
-  if [ -z "${!v}" ]; then
-    echo "error: $v is empty; set it at the top of $0 or in the environment (e.g. $v=... bash $0)" >&2
-    exit 2
-  fi
-done
+require_vars OUTPUT_DIR EXP RUN_ID SNAPSHOT
 
 LISTNAME=$(basename "$FILELIST" .txt)
 SAVE_DIR=$OUTPUT_DIR/$DATASET/$EXP/$SAVE_ID/$LISTNAME
@@ -60,11 +54,5 @@ git diff > "${SAVE_DIR}.diff" 2>/dev/null || true
 echo "${CMD[*]}" > "${SAVE_DIR}.cmd"
 
 echo "${CMD[*]}"
-if [ "$FOREGROUND" = 1 ]; then
-  "${CMD[@]}" 2>&1 | tee "$LOG_FILE"
-  exit "${PIPESTATUS[0]}"
-fi
-nohup "${CMD[@]}" > "$LOG_FILE" 2>&1 &
-sleep 1
 echo "Log: $LOG_FILE"
-tail -f "$LOG_FILE"
+run_logged "$LOG_FILE" "${CMD[@]}"
