@@ -20,7 +20,7 @@ from losses.functional import (add_background_logit, balanced_mask_loss, class_s
 from models.backbones import Backbone
 from models.mods.aspp import ASPP
 from models.mods.gci import GCI
-from models.mods.pamr import DEFAULT_DILATIONS, DEFAULT_ITERS, PAMR
+from models.mods.pamr import PAMR, PAPER_DILATIONS, PAPER_ITERS
 from models.mods.sg import StochasticGate
 from utils.errors import UserError
 
@@ -148,7 +148,7 @@ class SingleStageNet(_BackboneHead):
     """
 
     def __init__(self, backbone: Backbone, num_classes: int = 21, focal_p: float = 3, focal_lambda: float = 0.01,
-                 pamr_iter: int = DEFAULT_ITERS, pamr_kernel: tuple[int, ...] = DEFAULT_DILATIONS,
+                 pamr_iter: int = PAPER_ITERS, pamr_kernel: tuple[int, ...] = PAPER_DILATIONS,
                  sg_psi: float = 0.3, head_width: int = HEAD_WIDTH):
         super().__init__(backbone)
         if head_width < 1:
@@ -159,7 +159,7 @@ class SingleStageNet(_BackboneHead):
         self.aspp = ASPP(c6, width)
         # SPEC 5.2: the ASPP BNs stay in eval mode with their initial statistics (a learnable affine map)
         self._bn_frozen += _bn_layers(self.aspp)
-        self._aff = PAMR(pamr_iter, tuple(pamr_kernel))
+        self._aff = PAMR(num_iter=pamr_iter, dilations=tuple(pamr_kernel))  # the config's T and D (SPEC 5.8)
         self.shallow_mask = GCI(c3, width, width)
         self.sg = StochasticGate(sg_psi)
         self.fc8_skip = nn.Sequential(nn.Conv2d(c3, skip, 1, bias=False), nn.BatchNorm2d(skip), nn.ReLU(inplace=True))

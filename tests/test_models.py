@@ -228,6 +228,8 @@ def test_build_model_from_config():
     m = build_model(net_cfg("resnet18", "ae", PAMR_ITER=3, PAMR_KERNEL=[1, 2], SG_PSI=0.5, FOCAL_P=2))
     assert isinstance(m, SingleStageNet)
     assert (m._aff.num_iter, m._aff.dilations, m.sg.psi, m.focal_p) == (3, (1, 2), 0.5, 2)
+    paper = build_model(net_cfg("resnet18", "ae"))  # the config's defaults: the paper's T and D (SPEC 5.8)
+    assert (paper._aff.num_iter, paper._aff.dilations) == (10, (1, 2, 4, 8, 12, 24))
     b = build_model(net_cfg("resnet18", "bsl", BG_SCORE=0.3), num_classes=11)
     assert isinstance(b, CAMNet) and b.bg_score == 0.3 and b.fc8.weight.shape[0] == 10
 

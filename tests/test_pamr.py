@@ -9,7 +9,8 @@ from bench.baselines.pamr_spec import PAMRSpec
 from models.mods.pamr import PAMR, pamr, pamr_affinity
 from utils.errors import UserError
 
-DILATIONS = (1, 2, 4, 8, 12, 24)
+DILATIONS = (1, 2, 4, 8, 12, 24)  # the paper's D and T
+ITERS = 10
 ATOL = 1e-5  # float32: the 48-term sums are accumulated in another order than the baseline's
 
 
@@ -37,7 +38,7 @@ def test_flat_image_averages_the_48_neighbours_uniformly():
     assert torch.allclose(out[0, 0], expected, atol=1e-7)
     # a constant mask stays constant, whatever the image
     const = torch.full((1, 2, 20, 20), 0.25)
-    assert torch.allclose(pamr(torch.rand(1, 3, 20, 20), const), const)
+    assert torch.allclose(pamr(torch.rand(1, 3, 20, 20), const, DILATIONS, ITERS), const)
 
 
 def test_dilation_two_skips_the_direct_neighbours():
@@ -63,10 +64,10 @@ def test_an_image_edge_stops_propagation():
     mask = torch.zeros(1, 2, 32, 32)
     mask[:, 0, :, :16] = 1.0
     mask[:, 1, :, 16:] = 1.0
-    out = pamr(img, mask)
+    out = pamr(img, mask, DILATIONS, ITERS)
     assert out[0, 0, :, 16:].max() < 1e-6 and out[0, 0, :, :16].min() > 1 - 1e-6
     # without the edge the same mask bleeds across
-    flat = pamr(torch.zeros_like(img), mask)
+    flat = pamr(torch.zeros_like(img), mask, DILATIONS, ITERS)
     assert flat[0, 0, :, 16].min() > 0.4
 
 
@@ -78,8 +79,8 @@ def test_equals_the_spec_formulation(shape):
     image = torch.rand(b, 3, h, w)
     image[:, :, : h // 2] *= 0.05  # a low-contrast half: small standard deviations
     mask = torch.softmax(3 * torch.randn(b, c, h, w), 1)
-    ref = PAMRSpec(10, DILATIONS)(image, mask)
-    out = PAMR(10, DILATIONS)(image, mask)
+    ref = PAMRSpec(ITERS, DILATIONS)(image, mask)
+    out = PAMR(ITERS, DILATIONS)(image, mask)
     assert out.shape == ref.shape
     assert torch.allclose(out, ref, atol=ATOL, rtol=0)
 
@@ -92,14 +93,24 @@ def test_equals_the_spec_formulation_with_resize_and_other_settings():
     assert torch.allclose(PAMR(3, (1, 3))(image, mask), ref, atol=ATOL, rtol=0)
 
 
+def test_module_defaults_are_the_originals():
+    """PAMR() is the original module's PAMR(): one iteration at dilation 1 (the model passes the config's T, D)."""
+    torch.manual_seed(2)
+    image, mask = torch.rand(1, 3, 12, 10), torch.softmax(torch.randn(1, 3, 12, 10), 1)
+    module = PAMR()
+    assert (module.num_iter, module.dilations) == (1, (1,))
+    assert torch.allclose(module(image, mask), PAMRSpec()(image, mask), atol=ATOL, rtol=0)
+    assert torch.allclose(module(image, mask), pamr(image, mask, (1,), 1))
+
+
 def test_float32_under_autocast():
     torch.manual_seed(3)
     image, mask = torch.rand(1, 3, 16, 16), torch.softmax(torch.randn(1, 3, 16, 16), 1)
-    expected = pamr(image, mask)
+    expected = pamr(image, mask, DILATIONS, ITERS)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = pamr(image.bfloat16(), mask)
+        out = pamr(image.bfloat16(), mask, DILATIONS, ITERS)
     assert out.dtype == torch.float32
-    assert torch.allclose(out, pamr(image.bfloat16().float(), mask), atol=1e-7)
+    assert torch.allclose(out, pamr(image.bfloat16().float(), mask, DILATIONS, ITERS), atol=1e-7)
     assert torch.allclose(out, expected, atol=0.05)  # only the bf16 rounding of the image differs
 
 
@@ -128,6 +139,6 @@ def test_loading_other_kernels_is_refused():
 def test_cuda_equals_the_spec_formulation():
     torch.manual_seed(4)
     image, mask = torch.rand(3, 3, 41, 37), torch.softmax(3 * torch.randn(3, 21, 41, 37), 1)
-    ref = PAMRSpec(10, DILATIONS)(image, mask)
-    out = PAMR(10, DILATIONS).cuda()(image.cuda(), mask.cuda())
+    ref = PAMRSpec(ITERS, DILATIONS)(image, mask)
+    out = PAMR(ITERS, DILATIONS).cuda()(image.cuda(), mask.cuda())
     assert out.is_cuda and torch.allclose(out.cpu(), ref, atol=ATOL, rtol=0)

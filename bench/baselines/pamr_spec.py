@@ -30,9 +30,10 @@ class LocalAffinity(nn.Module):
 
 
 class PAMRSpec(nn.Module):
-    """``(image [B,K,H,W], mask [B,C,h,w]) -> [B,C,H,W]`` exactly as SPEC 5.8 writes it."""
+    """``(image [B,K,H,W], mask [B,C,h,w]) -> [B,C,H,W]`` exactly as SPEC 5.8 writes it, with the original
+    module's defaults (one iteration at dilation 1)."""
 
-    def __init__(self, num_iter: int = 10, dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)):
+    def __init__(self, num_iter: int = 1, dilations: tuple[int, ...] = (1,)):
         super().__init__()
         self.num_iter = num_iter
         self.aff_x = LocalAffinity(dilations, local_kernel(NEIGHBOURS, difference=True))

@@ -28,8 +28,11 @@ NEIGHBOURS = ((0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2))
 STD_POSITIONS = tuple((a, b) for a in range(3) for b in range(3))
 STD_TEMPERATURE = 0.1  # image differences are measured in units of 0.1 x local std
 STD_EPS = 1e-8  # keeps the division finite where the image is flat
-DEFAULT_DILATIONS = (1, 2, 4, 8, 12, 24)
-DEFAULT_ITERS = 10
+PAPER_DILATIONS = (1, 2, 4, 8, 12, 24)  # the paper's D and T: NET.PAMR_KERNEL and NET.PAMR_ITER by default
+PAPER_ITERS = 10
+# the original module's own defaults (SPEC 5.8): one iteration at dilation 1; the model passes the config's values
+MODULE_ITERS = 1
+MODULE_DILATIONS = (1,)
 # CPU block size in elements: below torch's grain size (32768), under which element-wise operations stay in one thread
 CPU_BLOCK_ELEMENTS = 32_000
 
@@ -55,7 +58,7 @@ def _shift(padded: torch.Tensor, pad: int, dy: int, dx: int, h: int, w: int) -> 
     return padded[..., pad + dy: pad + dy + h, pad + dx: pad + dx + w]
 
 
-def pamr_affinity(image: torch.Tensor, dilations: tuple[int, ...] = DEFAULT_DILATIONS) -> torch.Tensor:
+def pamr_affinity(image: torch.Tensor, dilations: tuple[int, ...]) -> torch.Tensor:
     """Affinities alpha [B, 8*len(D), H, W] (a softmax over the neighbour axis) of the image [B, K, H, W].
     On CPU in blocks of as many images as fit CPU_BLOCK_ELEMENTS (at least one), for the reason given in
     ``pamr_propagate``."""
@@ -91,8 +94,7 @@ def _affinity(image: torch.Tensor, dilations: tuple[int, ...]) -> torch.Tensor:
     return torch.softmax(logits, dim=1)
 
 
-def pamr_propagate(mask: torch.Tensor, alpha: torch.Tensor, dilations: tuple[int, ...] = DEFAULT_DILATIONS,
-                   iters: int = DEFAULT_ITERS) -> torch.Tensor:
+def pamr_propagate(mask: torch.Tensor, alpha: torch.Tensor, dilations: tuple[int, ...], iters: int) -> torch.Tensor:
     """``iters`` times M_c(i) <- sum_n alpha_n(i) M_c(nb_n(i)): mask [B, C, H, W], alpha [B, 8*len(D), H, W] ->
     [B, C, H, W].
 
@@ -127,8 +129,7 @@ def pamr_propagate(mask: torch.Tensor, alpha: torch.Tensor, dilations: tuple[int
     return out
 
 
-def pamr(image: torch.Tensor, mask: torch.Tensor, dilations: tuple[int, ...] = DEFAULT_DILATIONS,
-         iters: int = DEFAULT_ITERS) -> torch.Tensor:
+def pamr(image: torch.Tensor, mask: torch.Tensor, dilations: tuple[int, ...], iters: int) -> torch.Tensor:
     """Refine mask [B, C, h, w] with the image [B, K, H, W] -> [B, C, H, W], in float32 whatever the autocast
     state (the affinities divide by small standard deviations). The mask is first resized to the image
     (bilinear, align_corners=True), as the original."""
@@ -148,9 +149,12 @@ class _LocalKernel(nn.Module):
 
 
 class PAMR(nn.Module):
-    """``PAMR(num_iter, dilations)(image [B,K,H,W], mask [B,C,h,w]) -> refined mask [B,C,H,W]`` (see ``pamr``)."""
+    """``PAMR(num_iter, dilations)(image [B,K,H,W], mask [B,C,h,w]) -> refined mask [B,C,H,W]`` (see ``pamr``).
 
-    def __init__(self, num_iter: int = DEFAULT_ITERS, dilations: tuple[int, ...] = DEFAULT_DILATIONS):
+    The defaults are the original module's (one iteration at dilation 1), so that code written against it behaves
+    the same; the paper's refinement takes its T and D from the config (``SingleStageNet``)."""
+
+    def __init__(self, num_iter: int = MODULE_ITERS, dilations: tuple[int, ...] = MODULE_DILATIONS):
         super().__init__()
         self.num_iter = int(num_iter)
         self.dilations = tuple(int(d) for d in dilations)
