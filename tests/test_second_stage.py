@@ -64,7 +64,7 @@ def test_export_pseudo_labels_then_train_and_evaluate_a_second_stage(synthetic_r
     for d in (out, out / "crf"):
         report = json.loads((d / "eval.json").read_text())
         assert report["num_images"] == len(entries) and 0 <= report["miou_21"] <= 1
-        assert "With background: mIoU: " in open(f"{d}.eval").read()
+        assert "With background: \nmIoU: " in open(f"{d}.eval").read()
 
     # 2. the second stage: the same network trained on the CRF pseudo labels
     train = run_script("train.py", "--dataset", "pascal_voc", "--cfg", str(cfg_path), "--exp", "exp", "--run",

@@ -20,6 +20,9 @@ NAME_WIDTH = 12  # the class-name column; wider only for longer names (COCO's "b
 TABLE_WIDTH = 44  # "{:>12}" + 4 x " | {:>5}"; the original's separator is 44 dashes
 _HEAD_FMT = "{:>{w}}" + " | {:>5}" * 4
 _ROW_FMT = "{:>{w}} | {:>5}" + " | {:>5.1f}" * 3
+_ORIGINAL_SUMMARY_FMT = "mIoU: {:.2f}\t  Pr: {:.2f}\t  Re: {:.2f}"  # the original's sys.stdout.write calls, tabs kept
+_WITH_BACKGROUND = "With background: "  # the original's print, trailing space included
+_SUMMARY_FMT = "mIoU: {:.2f}  Pr: {:.2f}  Re: {:.2f}"  # our own summary lines
 
 
 def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -100,27 +103,29 @@ def scores_from_confusion(conf: np.ndarray) -> dict:
     return out
 
 
-def _summary(scores: dict, name: str) -> str:
-    return "mIoU: {:.2f}  Pr: {:.2f}  Re: {:.2f}".format(
-        100 * scores[f"miou_{name}"], 100 * scores[f"precision_{name}"], 100 * scores[f"recall_{name}"])
+def _summary(scores: dict, name: str, fmt: str) -> str:
+    return fmt.format(100 * scores[f"miou_{name}"], 100 * scores[f"precision_{name}"], 100 * scores[f"recall_{name}"])
 
 
 def format_scores(scores: dict, class_names: tuple[str, ...] = CLASS_NAMES) -> list[str]:
-    """The original's printed table and summary lines, plus one line over the classes present.
+    """The original's printed table and summary lines byte for byte (SPEC 9.2), then one line of ours over the
+    classes present.
 
-    ``Class | # | IoU | Pr | Re`` with right-aligned columns (count = GT pixels, scores in % with one decimal),
-    a 44-dash separator, then the 20-class mean, the 21-class mean ("With background:", the standard VOC
-    mIoU) and, new, the mean over the classes that occur in the GT or the prediction. With C classes the table
-    has C rows and the second summary line is the C-class mean.
+    ``Class | # | IoU | Pr | Re`` with right-aligned columns (count = GT pixels, scores in % with one decimal)
+    between 44-dash separators, the 20-class mean, a separator, "With background: " on a line of its own and the
+    21-class mean (the standard VOC mIoU) under it; the summaries are tab-separated as the original writes them.
+    Ours follows: the mean over the classes that occur in the GT or the prediction. With C classes the table has C
+    rows and the second summary is the C-class mean.
     """
     w = max([NAME_WIDTH] + [len(class_names[c]) for c in range(len(scores["count"]))])
-    lines = [_HEAD_FMT.format("Class", "#", "IoU", "Pr", "Re", w=w), "-" * (TABLE_WIDTH + w - NAME_WIDTH)]
+    separator = "-" * (TABLE_WIDTH + w - NAME_WIDTH)
+    lines = [_HEAD_FMT.format("Class", "#", "IoU", "Pr", "Re", w=w), separator]
     for c, count in enumerate(scores["count"]):
         lines.append(_ROW_FMT.format(class_names[c], count, 100 * scores["iou"][c],
                                      100 * scores["precision"][c], 100 * scores["recall"][c], w=w))
-    lines.append(_summary(scores, "fg"))
-    lines.append("With background: " + _summary(scores, str(len(scores["count"]))))
-    lines.append("Over classes present in GT or prediction: " + _summary(scores, "present"))
+    lines += [separator, _summary(scores, "fg", _ORIGINAL_SUMMARY_FMT), separator,
+              _WITH_BACKGROUND, _summary(scores, str(len(scores["count"])), _ORIGINAL_SUMMARY_FMT)]
+    lines.append("Over classes present in GT or prediction: " + _summary(scores, "present", _SUMMARY_FMT))
     return lines
 
 
