@@ -7,7 +7,8 @@
 Writes synthetic GT (palette PNG, a few objects with 255 borders) and prediction PNG pairs into a temporary
 directory (a set of distinct pairs copied under all names, so that decoding costs what it costs on real masks
 without spending the benchmark on generating them), then times:
-  * pipeline: eval_seg.py's list parsing + multi-process decoding + confusion matrix, in this process;
+  * pipeline: eval_seg.py's list parsing + multi-process decoding + confusion matrix (utils/mask_eval.py), in
+    this process;
   * cli: ``python eval_seg.py ...`` as a user runs it (interpreter start, table, log, JSON, figures);
   * baseline: bench/baselines/eval_loop.py (decode + per-pixel loop) on a few masks, extrapolated per mask.
 The confusion matrices of pipeline and baseline over the same masks must be equal.
@@ -31,11 +32,11 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-import eval_seg  # noqa: E402
 from bench.baselines.eval_loop import evaluate_pair_loop  # noqa: E402
 from datasets.info import get_dataset  # noqa: E402
 from datasets.voc import IGNORE_INDEX, PALETTE_FLAT  # noqa: E402
 from utils.fileio import write_json  # noqa: E402
+from utils.mask_eval import default_workers, evaluate, parse_list  # noqa: E402
 
 VOC_VAL_SIZE = 1449
 # per dataset: (val masks, mask width, height); COCO: val2014 images with objects, at COCO's usual 640x480
@@ -107,8 +108,8 @@ def time_pipeline(list_path: str, root: str, workers: int, repeats: int,
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        entries, _ = eval_seg.parse_list(list_path, root, os.path.join(root, "pred"), num_classes)
-        result = eval_seg.evaluate(entries, None, workers, progress=False, num_classes=num_classes)
+        entries, _ = parse_list(list_path, root, os.path.join(root, "pred"), num_classes)
+        result = evaluate(entries, None, workers, progress=False, num_classes=num_classes)
         times.append(time.perf_counter() - t0)
     if result.problems:
         raise RuntimeError(f"benchmark data has problems: {result.problems[:3]}")
@@ -134,7 +135,7 @@ def main() -> None:
                    help="classes and mask size: pascal_voc (1449 masks of 500x375, 21 classes) or coco (40,137 "
                         "masks of 640x480, 81 classes)")
     p.add_argument("--num", type=int, default=None, help="number of mask pairs (default: the dataset's val size)")
-    p.add_argument("--workers", type=int, default=eval_seg.default_workers(), help="decoding processes")
+    p.add_argument("--workers", type=int, default=default_workers(), help="decoding processes")
     p.add_argument("--repeats", type=int, default=3, help="timed pipeline runs (the median is reported)")
     p.add_argument("--baseline-masks", type=int, default=3, help="masks timed with the per-pixel loop")
     p.add_argument("--out", default=None, help="JSON result (default bench/results/eval.json, eval_coco.json)")
@@ -156,12 +157,12 @@ def main() -> None:
         cli_s = time_cli(list_path, root, args.workers, args.dataset)
 
         # baseline on the first masks; the pipeline on the same masks must give the same matrix
-        entries, _ = eval_seg.parse_list(list_path, root, os.path.join(root, "pred"), n_classes)
+        entries, _ = parse_list(list_path, root, os.path.join(root, "pred"), n_classes)
         few = entries[:args.baseline_masks]
         t0 = time.perf_counter()
         conf_loop = sum(evaluate_pair_loop(e.gt_path, e.pred_path, n_classes) for e in few)
         loop_per_mask = (time.perf_counter() - t0) / len(few)
-        conf_fast = eval_seg.evaluate(few, None, 1, progress=False, num_classes=n_classes).conf
+        conf_fast = evaluate(few, None, 1, progress=False, num_classes=n_classes).conf
         equal = bool(np.array_equal(conf_loop.astype(np.int64), conf_fast))
 
     baseline_s = loop_per_mask * args.num  # extrapolated: the loop is linear in the number of masks

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import eval_seg
 from bench.baselines.eval_loop import confusion_loop
 from datasets.voc import PALETTE_FLAT
+from utils import mask_eval
 from utils.metrics import confusion_matrix, scores_from_confusion
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -174,32 +174,32 @@ def test_worker_pool_equals_one_process_and_names_a_failing_image(tmp_path, monk
     gt = {f"im{i:02d}": rng.choice([0, 1, 5, 255], size=(6, 7)) for i in range(24)}
     pred = {k: rng.integers(0, 21, size=(6, 7)) for k in gt}
     t = make_tree(str(tmp_path), gt, pred)
-    entries, problems = eval_seg.parse_list(t["filelist"], t["data"], t["masks"])
+    entries, problems = mask_eval.parse_list(t["filelist"], t["data"], t["masks"])
     assert len(entries) == 24 and not problems
-    one = eval_seg.evaluate(entries, None, workers=1, progress=False)
-    pool = eval_seg.evaluate(entries, None, workers=2, progress=False)
+    one = mask_eval.evaluate(entries, None, workers=1, progress=False)
+    pool = mask_eval.evaluate(entries, None, workers=2, progress=False)
     assert np.array_equal(one.conf, pool.conf) and one.image_scores == pool.image_scores
     assert one.conf.sum() == sum(int((np.asarray(g) != 255).sum()) for g in gt.values())
 
-    real = eval_seg.evaluate_image
+    real = mask_eval.evaluate_image
 
     def failing(entry, oracle):
         if entry.image_id == "im17":
             raise MemoryError("simulated")
         return real(entry, oracle)
 
-    monkeypatch.setattr(eval_seg, "evaluate_image", failing)  # forked workers inherit the patch
+    monkeypatch.setattr(mask_eval, "evaluate_image", failing)  # forked workers inherit the patch
     with pytest.raises(RuntimeError, match="im17"):
-        eval_seg.evaluate(entries, None, workers=2, progress=False)
+        mask_eval.evaluate(entries, None, workers=2, progress=False)
 
     def killed(entry, oracle):
         if entry.image_id == "im17":
             os._exit(9)  # the worker vanishes as if killed
         return real(entry, oracle)
 
-    monkeypatch.setattr(eval_seg, "evaluate_image", killed)
+    monkeypatch.setattr(mask_eval, "evaluate_image", killed)
     with pytest.raises(RuntimeError, match="decoding process died"):
-        eval_seg.evaluate(entries, None, workers=2, progress=False)
+        mask_eval.evaluate(entries, None, workers=2, progress=False)
 
 
 def _corrupt(path):

@@ -335,9 +335,9 @@ def test_killed_inference_leaves_no_process_behind(tmp_path, synthetic_root, sna
     assert temporaries(out) == []
 
 
-_SLOW_EVAL = ("import sys, time; sys.path.insert(0, '.'); import eval_seg; from utils.errors import run_main; "
-              "real = eval_seg.evaluate_image; "
-              "eval_seg.evaluate_image = lambda entry, oracle: (time.sleep(0.5), real(entry, oracle))[1]; "
+_SLOW_EVAL = ("import time; import eval_seg; from utils import mask_eval; from utils.errors import run_main; "
+              "real = mask_eval.evaluate_image; "
+              "mask_eval.evaluate_image = lambda entry, oracle: (time.sleep(0.5), real(entry, oracle))[1]; "
               "run_main(eval_seg.main)")
 
 
