@@ -5,12 +5,13 @@
 
 stdout carries the original's report byte for byte: "# of images: N", the per-class table ``Class | # | IoU | Pr |
 Re`` and the summary lines (20 foreground classes, then under "With background:" the standard 21-class PASCAL VOC
-mIoU). Our lines follow the original's: the mean over the classes present in the GT or the prediction, and the
-problems that --allow-problems let through. --dataset coco scores the 81 COCO classes (datasets/info.py) in the
-same format: 81 table rows, 80 foreground classes, then the 81-class mean. The confusion matrix is accumulated
-over the whole split with GT 255 ignored (the scoring itself is utils/mask_eval.py). Also written: the per-image
-ranking of --log-scores, <masks>/eval.json (or --json-out) with every number, and confusion.png / iou.png next to
-the JSON.
+mIoU). Our lines follow the original's: the mean over the classes present in the GT or the prediction, the count
+of prediction pixels without a class, and the problems that --allow-problems let through. --dataset coco scores
+the 81 COCO classes (datasets/info.py) in the same format: 81 table rows, 80 foreground classes, then the 81-class
+mean. The confusion matrix is accumulated over the whole split with GT 255 ignored; a 255 in a prediction (no
+class, as pseudo-label masks leave unlabelled pixels) is ignored where the GT is 255 and a miss of the GT class
+elsewhere (the scoring itself is utils/mask_eval.py). Also written: the per-image ranking of --log-scores,
+<masks>/eval.json (or --json-out) with every number, and confusion.png / iou.png next to the JSON.
 
 Problems (malformed list lines, missing or unreadable PNGs, size mismatches, values outside the classes) are
 counted and listed; the images concerned are left out, and the run fails unless --allow-problems is given.
@@ -141,6 +142,8 @@ def write_outputs(args: argparse.Namespace, result: EvalResult, scores: dict, nu
         "class_names": list(names),
         **scores,
         "confusion": result.conf.tolist(),
+        "misses": result.misses.tolist(),  # by GT class: labelled GT pixels predicted as 255 (no class)
+        "no_class_pixels": result.no_class_pixels,
         "problems": problem_summary(result.problems),
         "log_scores": os.path.abspath(args.log_scores),
     }
@@ -208,8 +211,10 @@ def check_problems(result: EvalResult, args: argparse.Namespace, num_listed: int
 
 def report_lines(result: EvalResult, scores: dict, args: argparse.Namespace) -> list[str]:
     """The original's lines ("# of images: N", the table, both summaries), then ours: the mean over the classes
-    present and the problems that --allow-problems let through."""
+    present, the prediction pixels without a class and the problems that --allow-problems let through."""
     lines = [f"# of images: {result.num_images}"] + format_scores(scores, args.info.class_names)
+    lines.append(f"Prediction pixels without a class (255): {result.no_class_pixels} "
+                 f"({int(result.misses.sum())} on labelled GT pixels, scored as misses)")
     if result.problems:
         lines += format_problems(result.problems, args.info.num_classes)
     return lines
@@ -228,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     result.problems = sorted(line_problems + result.problems, key=lambda p: p.index)
     check_problems(result, args, num_listed)
-    scores = scores_from_confusion(result.conf)
+    scores = scores_from_confusion(result.conf, result.misses)
     written = write_outputs(args, result, scores, num_listed)
     print(f"wrote {', '.join(written)}", file=sys.stderr, flush=True)
     print("\n".join(report_lines(result, scores, args)), flush=True)

@@ -13,7 +13,7 @@ from PIL import Image
 from bench.baselines.eval_loop import confusion_loop
 from datasets.voc import PALETTE_FLAT
 from utils import mask_eval
-from utils.metrics import confusion_matrix, scores_from_confusion
+from utils.metrics import confusion_and_misses, confusion_matrix, scores_from_confusion
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GT_DIR = "voc/VOCdevkit/VOC2012/SegmentationClass"
@@ -65,11 +65,12 @@ mIoU: 5.71\t  Pr: 9.00\t  Re: 6.19
 With background: 
 mIoU: 7.82\t  Pr: 11.35\t  Re: 9.60
 Over classes present in GT or prediction: mIoU: 41.07  Pr: 59.58  Re: 50.40
+Prediction pixels without a class (255): 0 (0 on labelled GT pixels, scored as misses)
 """
 # 20 foreground classes: IoU (4/7 + 4/7) / 20, Pr (4/5 + 1) / 20, Re (4/6 + 4/7) / 20; 21 classes: IoU
 # (7/14 + 4/7 + 4/7) / 21, Pr (7/12 + 4/5 + 1) / 21, Re (7/9 + 4/6 + 4/7) / 21; over classes 0..3 (class 3 is
 # predicted once): the same sums / 4
-HAND_SUMMARY = HAND_REPORT.splitlines()[-6:]
+HAND_SUMMARY = HAND_REPORT.splitlines()[-7:]
 # per image and GT class TP - FN - FP: a: bg 5-1-2, aeroplane 3-1-1, bicycle 3-1-0; b: bg 2-1-1, aeroplane 1-1-0;
 # c: bicycle 1-2-0
 HAND_LOG_HEAD = ["background", "00002 | a", "00000 | b", "aeroplane", "00001 | a", "00000 | b",
@@ -143,6 +144,27 @@ def test_confusion_matrix_equals_the_per_pixel_loop(dtype):
     assert np.array_equal(confusion_matrix(gt, pred), confusion_loop(gt, pred).astype(np.int64))
 
 
+def test_prediction_255_is_no_class_a_miss_on_labelled_gt_and_ignored_on_255():
+    gt = np.array([[0, 1, 1], [255, 2, 1]], dtype=np.uint8)
+    pred = np.array([[0, 255, 1], [255, 2, 255]], dtype=np.uint8)
+    conf, misses = confusion_and_misses(gt, pred)
+    # counted: (0,0), (1,1), (2,2); the two 255s on GT 1 are misses of class 1, the one on GT 255 is ignored
+    assert conf.sum() == 3 and conf[0, 0] == conf[1, 1] == conf[2, 2] == 1
+    assert misses.tolist() == [0, 2] + [0] * 19
+    s = scores_from_confusion(conf, misses)
+    # class 1: TP 1, FN 2 (the misses), FP 0 -> IoU 1/3, recall 1/3, precision 1; no class gains a false positive
+    assert s["count"][:3] == [1, 3, 1]
+    assert s["iou"][1] == pytest.approx(1 / 3) and s["recall"][1] == pytest.approx(1 / 3) and s["precision"][1] == 1
+    assert s["iou"][0] == s["iou"][2] == pytest.approx(1.0)
+    # GT scored against itself, its 255 pixels included: every class present scores 100%
+    conf, misses = confusion_and_misses(gt, gt)
+    assert misses.sum() == 0 and scores_from_confusion(conf, misses)["miou_present"] == pytest.approx(1.0)
+    # any other value outside the classes stays an error
+    for bad in (21, 254):
+        with pytest.raises(ValueError):
+            confusion_and_misses(gt, np.where(pred == 255, bad, pred).astype(np.uint8))
+
+
 def test_hand_computed_report_log_json_figures(tree):
     proc = run_eval(tree, "--workers", "1")
     assert proc.returncode == 0, proc.stderr
@@ -200,6 +222,28 @@ def test_worker_pool_equals_one_process_and_names_a_failing_image(tmp_path, monk
     monkeypatch.setattr(mask_eval, "evaluate_image", killed)
     with pytest.raises(RuntimeError, match="decoding process died"):
         mask_eval.evaluate(entries, None, workers=2, progress=False)
+
+
+def test_prediction_255_pixels_are_scored_as_misses(tmp_path):
+    """The hand-computed tree with two prediction pixels of 255 (no class): c's first pixel (GT bicycle, predicted
+    background before) becomes a miss of bicycle, a's pixel on GT 255 stays ignored."""
+    pred = {"a": [[0, 1, 1, 1], [0, 0, 1, 0], [255, 2, 2, 2], [0, 0, 0, 2]], "b": PRED["b"], "c": [[255, 0, 2]]}
+    t = make_tree(str(tmp_path), pred=pred)
+    proc = run_eval(t, "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    # background: TP 7, FN 2, FP 4 (one fewer) -> IoU 7/13, Pr 7/11, Re 7/9; bicycle: TP 4, FN 2 + 1 miss, FP 0
+    assert out[3] == "  background |     9 |  53.8 |  63.6 |  77.8"
+    assert out[5] == "     bicycle |     7 |  57.1 | 100.0 |  57.1"
+    assert out[-1] == "Prediction pixels without a class (255): 2 (1 on labelled GT pixels, scored as misses)"
+    with open(os.path.join(t["masks"], "eval.json")) as f:
+        result = json.load(f)
+    assert result["confusion"][2][0] == 2 and result["misses"][2] == 1 and sum(result["misses"]) == 1
+    assert result["no_class_pixels"] == 2 and result["count"][:3] == [9, 6, 7]
+    assert result["miou_21"] == pytest.approx((7 / 13 + 4 / 7 + 4 / 7) / 21)
+    assert result["recall"][2] == pytest.approx(4 / 7) and result["precision"][2] == pytest.approx(1.0)
+    with open(t["log"]) as f:
+        assert "-0001 | c" in f.read().split("bicycle\n")[1]  # c's bicycle: TP 1 - FN 2 - FP 0, as before
 
 
 def _corrupt(path):
@@ -355,25 +399,33 @@ def test_launch_script_foreground_writes_both_evaluations(tmp_path):
 
 
 def test_synthetic_dataset_gt_as_prediction_scores_100(synthetic_root, tmp_path):
-    masks = tmp_path / "masks"
-    masks.mkdir()
+    """The GT masks as predictions, once as they are (their 255 pixels lie on GT 255: ignored) and once with 255
+    replaced by background (a prediction never has 255 there): every class present scores 100%."""
     filelist = os.path.join(synthetic_root, "val_voc.txt")
     with open(filelist) as f:
         gt_paths = [line.split()[1] for line in f if line.strip()]
-    classes = set()
+    classes, ignored = set(), 0
     for rel in gt_paths:
         gt = np.asarray(Image.open(os.path.join(synthetic_root, rel)))
         classes |= set(np.unique(gt).tolist()) - {255}
-        Image.fromarray(np.where(gt == 255, 0, gt).astype(np.uint8), mode="L").save(masks / os.path.basename(rel))
-    proc = subprocess.run([sys.executable, "eval_seg.py", "--data", synthetic_root, "--filelist", filelist,
-                           "--masks", str(masks), "--log-scores", str(tmp_path / "s.log")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout.splitlines()
-    assert out[0] == f"# of images: {len(gt_paths)}"
+        ignored += int((gt == 255).sum())
+        for sub, pred in (("as_is", gt), ("filled", np.where(gt == 255, 0, gt))):
+            os.makedirs(tmp_path / sub, exist_ok=True)
+            Image.fromarray(pred.astype(np.uint8), mode="L").save(tmp_path / sub / os.path.basename(rel))
+    assert ignored > 0
     share = 100 * len(classes) / 21
-    assert out[-3:-1] == ["With background: ", f"mIoU: {share:.2f}\t  Pr: {share:.2f}\t  Re: {share:.2f}"]
-    assert out[-1] == "Over classes present in GT or prediction: mIoU: 100.00  Pr: 100.00  Re: 100.00"
+    for sub, no_class in (("as_is", ignored), ("filled", 0)):
+        proc = subprocess.run([sys.executable, "eval_seg.py", "--data", synthetic_root, "--filelist", filelist,
+                               "--masks", str(tmp_path / sub), "--log-scores", str(tmp_path / "s.log")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        out = proc.stdout.splitlines()
+        assert out[0] == f"# of images: {len(gt_paths)}"
+        assert out[-4:-2] == ["With background: ", f"mIoU: {share:.2f}\t  Pr: {share:.2f}\t  Re: {share:.2f}"]
+        assert out[-2] == "Over classes present in GT or prediction: mIoU: 100.00  Pr: 100.00  Re: 100.00"
+        assert out[-1] == (f"Prediction pixels without a class (255): {no_class} "
+                           "(0 on labelled GT pixels, scored as misses)")
+    masks = tmp_path / "filled"
     # test.txt has no mask column: every line is reported, nothing can be scored
     proc = subprocess.run([sys.executable, "eval_seg.py", "--data", synthetic_root, "--filelist",
                            os.path.join(synthetic_root, "test.txt"), "--masks", str(masks),

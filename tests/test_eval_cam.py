@@ -115,6 +115,28 @@ def test_eval_cam_cli_ae_sweeps_raw_and_pamr_masks(snapshots, synthetic_root, tm
         assert scores_from_confusion(conf)["miou_present"] == pytest.approx(result[kind]["best_miou"], abs=1e-12)
 
 
+def test_eval_pseudo_reports_every_kind_and_agrees_with_eval_seg(snapshots, synthetic_root, tmp_path):
+    """tools/eval_pseudo.py on the single-stage model: a figure for each of raw masks, PAMR-refined masks and pseudo
+    labels, in the JSON and printed; eval_seg.py on the pseudo-label PNGs it writes gives its with-misses figure
+    (an unlabelled pixel is a miss of its GT class in both)."""
+    out = tmp_path / "pseudo"
+    proc = run_script("tools/eval_pseudo.py", *_model_args("ae", snapshots["ae"]), "--root", synthetic_root,
+                      "--list", os.path.join(synthetic_root, "val_voc.txt"), "--out", str(out), "--device", "cpu")
+    assert proc.returncode == 0, describe(proc)
+    result = json.loads((out / "pseudo.json").read_text())
+    printed = proc.stdout.splitlines()
+    for kind in ("cam", "dec", "pseudo"):
+        miou = result[kind]["miou_present"]
+        assert 0.0 <= miou <= 1.0 and len(result[kind]["iou"]) == C
+        assert any(line.startswith(f"{kind:>7}: mIoU {100 * miou:.2f} (classes present)") for line in printed)
+    assert 0.0 <= result["pseudo_coverage"] < 1.0  # an untrained model labels few pixels, or none
+    with_misses = result["pseudo"]["miou_present_with_misses"]
+    ev = run_script("eval_seg.py", "--data", synthetic_root, "--filelist", os.path.join(synthetic_root, "val_voc.txt"),
+                    "--masks", str(out / "pseudo"), "--log-scores", str(tmp_path / "scores.log"))
+    assert ev.returncode == 0, describe(ev)
+    assert json.loads((out / "pseudo" / "eval.json").read_text())["miou_present"] == pytest.approx(with_misses)
+
+
 def test_eval_cam_rejects_thresholds_outside_the_mask_range(snapshots, synthetic_root, tmp_path):
     proc = _eval_cam("bsl", snapshots["bsl"], synthetic_root, str(tmp_path / "out"), "--thresholds", "0.2", "1.5")
     lines = stderr_lines(proc)

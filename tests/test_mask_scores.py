@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from utils.inference_tools import forward_masks, label_maps, pseudo_label_map, single_scale_prediction
-from utils.metrics import MASK_KINDS, MaskScores
+from utils.mask_eval import Entry, evaluate_image
+from utils.metrics import MASK_KINDS, MaskScores, scores_from_confusion
 
 GT = np.array([[0, 0, 1, 1],
                [0, 0, 1, 255]], dtype=np.uint8)
@@ -31,6 +33,26 @@ def test_pseudo_labels_are_scored_where_they_label_and_counted_by_coverage():
     out = s.summary()
     # the 5 labelled pixels are right; 5 of the 7 labelled GT pixels get a pseudo label
     assert out == pytest.approx({"miou_pseudo": 1.0, "miou21_pseudo": 2 / 21, "pseudo_coverage": 5 / 7})
+
+
+def test_pseudo_labels_with_misses_score_as_eval_seg_scores_their_pngs(tmp_path):
+    """The pseudo labels' misses (unlabelled pixels on labelled GT) give the score eval_seg.py's core gives the same
+    masks written as PNGs: one rule for a 255 in a prediction."""
+    pseudo = np.array([[0, 255, 1, 1],
+                       [255, 0, 255, 255]], dtype=np.uint8)  # the last 255 lies on GT 255
+    s = MaskScores()
+    s.update({"pseudo": pseudo}, GT)
+    # two 255s on GT background, one on GT 1 (misses), one on GT 255 (ignored); 4 labelled pixels, all right
+    assert s.misses["pseudo"][:2].tolist() == [2, 1] and s.conf["pseudo"].sum() == 4
+    # background: TP 2, FN 2 (the misses), FP 0 -> 2/4; class 1: TP 2, FN 1 (the miss), FP 0 -> 2/3
+    expected = scores_from_confusion(s.conf["pseudo"], s.misses["pseudo"])
+    assert expected["iou"][:2] == pytest.approx([2 / 4, 2 / 3])
+    assert s.summary()["pseudo_coverage"] == pytest.approx(4 / 7)
+    Image.fromarray(GT, mode="L").save(tmp_path / "gt.png")
+    Image.fromarray(pseudo, mode="L").save(tmp_path / "pred.png")
+    png = evaluate_image(Entry(0, "x", str(tmp_path / "gt.png"), str(tmp_path / "pred.png")), None)
+    assert np.array_equal(png.conf, s.conf["pseudo"]) and np.array_equal(png.misses, s.misses["pseudo"])
+    assert scores_from_confusion(png.conf, png.misses) == expected
 
 
 def test_merge_of_parts_equals_one_pass_and_kinds_keep_their_order():

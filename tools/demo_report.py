@@ -27,7 +27,7 @@ from datasets.pascal_voc import read_file_list
 from datasets.voc import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE
 from utils.errors import UserError, run_main
 from utils.fileio import save_image, write_json, write_text
-from utils.metrics import confusion_matrix, scores_from_confusion
+from utils.metrics import confusion_and_misses, scores_from_confusion
 
 # the demo's targets: single-stage >= CAM + 10 points and >= 60% mIoU; PAMR >= raw + 5 points on train; <= 10 min
 MIN_GAIN_OVER_CAM = 10.0
@@ -138,8 +138,9 @@ def _overlay(img: np.ndarray, lab: np.ndarray) -> np.ndarray:
 
 
 def _image_miou(gt: np.ndarray, pred: np.ndarray) -> float:
-    """mIoU of one image over the classes in its GT or the prediction."""
-    return scores_from_confusion(confusion_matrix(gt, np.where(pred == IGNORE_INDEX, 0, pred)))["miou_present"]
+    """mIoU of one image over the classes in its GT or the prediction, scored as eval_seg.py scores it (a pseudo
+    label's unlabelled pixel is a miss of its GT class)."""
+    return scores_from_confusion(*confusion_and_misses(gt, pred))["miou_present"]
 
 
 def examples(items: list[tuple[str, str]], out: str) -> list[dict]:

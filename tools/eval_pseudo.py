@@ -3,7 +3,9 @@
 For every image of ``--list`` the model runs in its training-mode forward (in eval mode, with the GT image labels),
 which gives the masks cleaned with the image labels ("cam"), their PAMR refinement ("dec", "ae" model only) and the
 pseudo ground truth the self-supervised loss learns from. Each is compared with the GT masks; the argmax maps are
-written as PNGs for inspection and the scores as JSON.
+written as PNGs for inspection and the scores as JSON. Pseudo labels are scored on the pixels they label (the loss
+ignores the others; their share is "pseudo_coverage"), and also as eval_seg.py scores their PNGs, where an
+unlabelled pixel (255) is a miss of its GT class ("miou_present_with_misses").
 
     python tools/eval_pseudo.py --cfg configs/demo_ae.yaml --snapshot snapshots/.../model_enc_e010Xs0.900.pth \
         --root data/synthetic --list data/synthetic/train_voc.txt --out results/demo/pseudo_train
@@ -59,17 +61,24 @@ def main(argv: list[str] | None = None) -> None:
 
     result = {"list": args.list, "snapshot": args.snapshot, "num_images": len(items)}
     for k in kinds:
-        if k not in scores.conf or scores.conf[k].sum() == 0:
-            continue
+        if k not in scores.conf or scores.conf[k].sum() + scores.misses[k].sum() == 0:
+            continue  # no labelled GT pixel seen
         s = scores_from_confusion(scores.conf[k])
         result[k] = {key: s[key] for key in ("miou_present", "iou")}
+        if scores.misses[k].any():  # unlabelled pixels: also the score eval_seg.py gives the written PNGs
+            with_misses = scores_from_confusion(scores.conf[k], scores.misses[k])
+            result[k]["miou_present_with_misses"] = with_misses["miou_present"]
     coverage = scores.summary().get("pseudo_coverage")
     if coverage is not None:
         result["pseudo_coverage"] = coverage
     write_json(os.path.join(args.out, "pseudo.json"), result)
     for k in kinds:
         if k in result:
-            print(f"{k:>7}: mIoU {100 * result[k]['miou_present']:.2f} (classes present)")
+            line = f"{k:>7}: mIoU {100 * result[k]['miou_present']:.2f} (classes present)"
+            if "miou_present_with_misses" in result[k]:
+                line += (f" on the labelled pixels; {100 * result[k]['miou_present_with_misses']:.2f} with the "
+                         "unlabelled ones as misses, as eval_seg.py scores the PNGs")
+            print(line)
     if "pseudo_coverage" in result:
         print(f"pseudo labels cover {100 * result['pseudo_coverage']:.1f}% of the labelled pixels (the rest is ignored)")
 

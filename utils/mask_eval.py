@@ -4,7 +4,9 @@ which bench/eval.py times as it is.
 Every list entry is decoded and counted into a confusion matrix of its own; the matrices of disjoint sets of entries
 add up (``EvalResult.merge``), so the work splits over processes (``evaluate``) and over torchrun ranks alike.
 An entry that cannot be scored (missing or unreadable PNG, size mismatch, values outside the classes) is a
-``Problem`` instead, so that one bad file is reported with the others rather than ending the run.
+``Problem`` instead, so that one bad file is reported with the others rather than ending the run. A prediction
+may leave pixels without a class (255, as pseudo-label masks do): those are misses of the GT class where the GT
+is labelled and ignored where it is 255 (``utils.metrics.confusion_and_misses``).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from tqdm import tqdm
 
 from datasets.filelists import scan_file_list
 from datasets.voc import IGNORE_INDEX, NUM_CLASSES
-from utils.metrics import confusion_matrix, image_class_scores
+from utils.metrics import NO_CLASS, confusion_and_misses, image_class_scores
 from utils.procs import die_with_parent
 
 # kind -> how a report names it ({last}: the highest class index, 20 for VOC); images with any of these are left
@@ -33,7 +35,7 @@ PROBLEM_KINDS = {
     "missing_prediction": "missing prediction",
     "unreadable_prediction": "unreadable prediction",
     "size_mismatch": "prediction size differs from the GT",
-    "bad_prediction_values": "prediction values outside 0..{last}",
+    "bad_prediction_values": "prediction values outside 0..{last} and 255",
 }
 VALUES_SHOWN = 5  # offending values named in a problem's detail
 MAX_CHUNK = 32  # images per worker task: few enough tasks to keep IPC small, enough to balance the workers
@@ -63,23 +65,31 @@ class Problem:
 
 @dataclass
 class EvalResult:
-    """What a set of list entries contributes; results of disjoint sets add up (``merge``)."""
+    """What a set of list entries contributes; results of disjoint sets add up (``merge``).
+
+    Prediction pixels of NO_CLASS (255) predict no class: ``misses`` counts those on labelled GT pixels by GT class
+    (false negatives of that class, see ``utils.metrics.confusion_and_misses``), ``no_class_pixels`` all of them."""
 
     conf: np.ndarray = field(default_factory=lambda: np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64))
+    misses: np.ndarray = field(default_factory=lambda: np.zeros(NUM_CLASSES, dtype=np.int64))
     image_scores: list[tuple[int, str, dict[int, int]]] = field(default_factory=list)  # (index, id, {class: score})
     problems: list[Problem] = field(default_factory=list)
     num_images: int = 0  # images that entered the confusion matrix
+    no_class_pixels: int = 0
 
     @classmethod
     def zeros(cls, num_classes: int) -> "EvalResult":
         """The result of no entry, over ``num_classes`` classes."""
-        return cls(conf=np.zeros((num_classes, num_classes), dtype=np.int64))
+        return cls(conf=np.zeros((num_classes, num_classes), dtype=np.int64),
+                   misses=np.zeros(num_classes, dtype=np.int64))
 
     def merge(self, other: "EvalResult") -> None:
         self.conf += other.conf
+        self.misses += other.misses
         self.image_scores += other.image_scores
         self.problems += other.problems
         self.num_images += other.num_images
+        self.no_class_pixels += other.no_class_pixels
 
     def sort(self) -> None:
         self.image_scores.sort(key=lambda s: s[0])
@@ -157,8 +167,9 @@ def _read_prediction(entry: Entry, gt: np.ndarray) -> np.ndarray | Problem:
     if pred.shape != gt.shape:
         return Problem(entry.index, "size_mismatch", entry.image_id,
                        f"{entry.pred_path} is {pred.shape[1]}x{pred.shape[0]}, the GT {gt.shape[1]}x{gt.shape[0]}")
-    if pred.max() >= entry.num_classes or pred.min() < 0:
-        bad = np.unique(pred[(pred >= entry.num_classes) | (pred < 0)])
+    outside = ((pred >= entry.num_classes) & (pred != NO_CLASS)) | (pred < 0)
+    if (pred.max() >= entry.num_classes or pred.min() < 0) and outside.any():
+        bad = np.unique(pred[outside])
         return Problem(entry.index, "bad_prediction_values", entry.image_id,
                        f"{entry.pred_path} holds {bad[:VALUES_SHOWN].tolist()}")
     return pred
@@ -185,8 +196,9 @@ def evaluate_image(entry: Entry, oracle: tuple[int, int] | None) -> EvalResult:
     if isinstance(pred, Problem):
         out.problems.append(pred)
         return out
-    out.conf = confusion_matrix(gt, pred, entry.num_classes)
-    out.image_scores.append((entry.index, entry.image_id, image_class_scores(out.conf)))
+    out.conf, out.misses = confusion_and_misses(gt, pred, entry.num_classes)
+    out.no_class_pixels = int(np.count_nonzero(pred == NO_CLASS))
+    out.image_scores.append((entry.index, entry.image_id, image_class_scores(out.conf, out.misses)))
     out.num_images = 1
     return out
 

@@ -16,6 +16,7 @@ from datasets.voc import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 
 # added to every denominator, as the original: a class that is absent and never predicted scores 0
 EPS = 1e-20
+NO_CLASS = IGNORE_INDEX  # a prediction pixel without a class: what pseudo-label masks leave unlabelled
 NAME_WIDTH = 12  # the class-name column; wider only for longer names (COCO's "baseball glove"), never for VOC
 TABLE_WIDTH = 44  # "{:>12}" + 4 x " | {:>5}"; the original's separator is 44 dashes
 _HEAD_FMT = "{:>{w}}" + " | {:>5}" * 4
@@ -51,17 +52,44 @@ def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int = NUM_CL
     return counts.astype(np.int64).reshape(num_classes, num_classes)
 
 
-def tp_fn_fp(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-class true positives, false negatives (row sum - TP) and false positives (column sum - TP), each [C]."""
+def confusion_and_misses(gt: np.ndarray, pred: np.ndarray,
+                         num_classes: int = NUM_CLASSES) -> tuple[np.ndarray, np.ndarray]:
+    """(confusion matrix [C, C], misses [C]) of a prediction that may leave pixels without a class.
+
+    A prediction pixel of NO_CLASS (255, as pseudo-label masks leave the pixels they do not label) predicts no
+    class: where the GT is 255 too it is ignored like any other pixel there; elsewhere it is a miss of the GT
+    class, counted in ``misses[gt]`` (a false negative of that class) and a false positive of none. Every other
+    prediction value must lie in 0..C-1, as for ``confusion_matrix``.
+    """
+    pred = np.asarray(pred)
+    no_class = pred == NO_CLASS
+    if not no_class.any():  # the usual prediction: one pass, no copies
+        return confusion_matrix(gt, pred, num_classes), np.zeros(num_classes, dtype=np.int64)
+    gt = np.asarray(gt)
+    if gt.shape != pred.shape:
+        raise ValueError(f"GT shape {gt.shape} differs from prediction shape {pred.shape}")
+    # the matrix over the pixels with a class (the others' GT set to 255, ignored), the misses by their GT class
+    conf = confusion_matrix(np.where(no_class, IGNORE_INDEX, gt), np.where(no_class, 0, pred), num_classes)
+    missed_gt = gt[no_class]
+    missed_gt = missed_gt[missed_gt < num_classes].astype(np.intp)
+    return conf, np.bincount(missed_gt, minlength=num_classes).astype(np.int64)
+
+
+def tp_fn_fp(conf: np.ndarray, misses: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class true positives, false negatives (row sum - TP, plus the ``misses`` of ``confusion_and_misses``)
+    and false positives (column sum - TP), each [C]."""
     conf = np.asarray(conf)
     tp = np.diag(conf)
-    return tp, conf.sum(axis=1) - tp, conf.sum(axis=0) - tp
+    fn = conf.sum(axis=1) - tp
+    if misses is not None:
+        fn = fn + np.asarray(misses)
+    return tp, fn, conf.sum(axis=0) - tp
 
 
-def image_class_scores(conf: np.ndarray) -> dict[int, int]:
+def image_class_scores(conf: np.ndarray, misses: np.ndarray | None = None) -> dict[int, int]:
     """TP - FN - FP of one image for every class present in its GT (the original's --log-scores ranking)."""
-    tp, fn, fp = tp_fn_fp(conf)
-    present = np.flatnonzero(np.asarray(conf).sum(axis=1) > 0)
+    tp, fn, fp = tp_fn_fp(conf, misses)
+    present = np.flatnonzero(tp + fn > 0)  # GT pixels of the class
     return {int(c): int(tp[c] - fn[c] - fp[c]) for c in present}
 
 
@@ -69,8 +97,9 @@ def _mean(values: np.ndarray, select: np.ndarray) -> float:
     return float(values[select].mean()) if select.any() else 0.0
 
 
-def scores_from_confusion(conf: np.ndarray) -> dict:
-    """Per-class scores and the three class means of a [C, C] confusion matrix (plain Python types, JSON-ready).
+def scores_from_confusion(conf: np.ndarray, misses: np.ndarray | None = None) -> dict:
+    """Per-class scores and the three class means of a [C, C] confusion matrix (plain Python types, JSON-ready),
+    with the prediction's pixels without a class as ``misses`` [C] of their GT class (``confusion_and_misses``).
 
     Keys: ``count`` (GT pixels per class), ``iou``, ``precision``, ``recall`` (lists of C fractions),
     ``iou_defined`` (TP + FP + FN > 0), and for each average ``miou_*``, ``precision_*``, ``recall_*`` with
@@ -80,7 +109,7 @@ def scores_from_confusion(conf: np.ndarray) -> dict:
     (only the classes with iou_defined, for data sets that use fewer classes).
     """
     conf = np.asarray(conf, dtype=np.float64)
-    tp, fn, fp = tp_fn_fp(conf)
+    tp, fn, fp = tp_fn_fp(conf, misses)
     per_class = {
         "iou": tp / (tp + fp + fn + EPS),
         "precision": tp / (tp + fp + EPS),
@@ -93,7 +122,7 @@ def scores_from_confusion(conf: np.ndarray) -> dict:
         str(num_classes): np.ones(num_classes, dtype=bool),
         "present": defined,
     }
-    out: dict = {"count": [int(v) for v in conf.sum(axis=1)]}
+    out: dict = {"count": [int(v) for v in tp + fn]}
     out.update({k: [float(v) for v in vals] for k, vals in per_class.items()})
     out["iou_defined"] = [bool(v) for v in defined]
     for name, select in subsets.items():
@@ -141,37 +170,29 @@ MASK_KINDS = ("cam", "dec", "pseudo", "pred")
 class MaskScores:
     """Confusion matrices of the mask kinds against GT masks, and how much of the GT the pseudo labels label.
 
-    Pseudo labels are scored on the pixels they label (their unlabelled pixels are ignored by the loss, so they
-    count in ``pseudo_coverage`` instead of as errors). Accumulators of disjoint image sets add up (``merge``).
+    Pseudo labels are scored on the pixels they label: their unlabelled pixels (NO_CLASS) are ignored by the
+    loss, so ``summary`` counts them in ``pseudo_coverage`` instead of as errors; ``misses`` keeps them by GT
+    class, for the score eval_seg.py gives the same masks (``scores_from_confusion(conf, misses)``).
+    Accumulators of disjoint image sets add up (``merge``).
     """
 
     def __init__(self, num_classes: int = NUM_CLASSES):
         self.num_classes = num_classes
-        self.conf: dict[str, np.ndarray] = {}
-        self.labelled = 0  # GT pixels (not 255) seen with pseudo labels
-        self.pseudo_labelled = 0  # of those, pixels the pseudo labels label
+        self.conf: dict[str, np.ndarray] = {}  # kind -> [C, C] over the pixels the masks label
+        self.misses: dict[str, np.ndarray] = {}  # kind -> [C] labelled GT pixels the masks leave unlabelled
 
     def update(self, maps: dict, gt) -> None:
-        """Add a batch: maps kind -> class indices [..., H, W] (IGNORE_INDEX only in "pseudo"), gt [..., H, W]."""
+        """Add a batch: maps kind -> class indices [..., H, W] (NO_CLASS only in "pseudo"), gt [..., H, W]."""
         gt = _numpy_u8(gt)
         for kind, lab in maps.items():
-            lab = _numpy_u8(lab)
-            target = gt
-            if kind == "pseudo":
-                unlabelled = lab == IGNORE_INDEX
-                valid = gt != IGNORE_INDEX
-                self.labelled += int(valid.sum())
-                self.pseudo_labelled += int((valid & ~unlabelled).sum())
-                target = np.where(unlabelled, np.uint8(IGNORE_INDEX), gt)
-                lab = np.where(unlabelled, np.uint8(0), lab)
-            conf = confusion_matrix(target, lab, self.num_classes)
+            conf, misses = confusion_and_misses(gt, _numpy_u8(lab), self.num_classes)
             self.conf[kind] = self.conf.get(kind, 0) + conf
+            self.misses[kind] = self.misses.get(kind, 0) + misses
 
     def merge(self, other: "MaskScores") -> None:
         for kind, conf in other.conf.items():
             self.conf[kind] = self.conf.get(kind, 0) + conf
-        self.labelled += other.labelled
-        self.pseudo_labelled += other.pseudo_labelled
+            self.misses[kind] = self.misses.get(kind, 0) + other.misses[kind]
 
     def summary(self) -> dict[str, float]:
         """``miou_<kind>`` (mean IoU over the classes present in the GT or the masks), ``miou<C>_<kind>`` (over
@@ -185,8 +206,10 @@ class MaskScores:
             s = scores_from_confusion(self.conf[kind])
             out[f"miou_{kind}"] = s["miou_present"]
             out[f"miou{self.num_classes}_{kind}"] = s[f"miou_{self.num_classes}"]
-        if self.labelled:
-            out["pseudo_coverage"] = self.pseudo_labelled / self.labelled
+        if "pseudo" in self.conf:
+            labelled, missed = int(self.conf["pseudo"].sum()), int(self.misses["pseudo"].sum())
+            if labelled + missed:
+                out["pseudo_coverage"] = labelled / (labelled + missed)
         return out
 
 
