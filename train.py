@@ -40,6 +40,7 @@ from datasets.info import DatasetInfo, get_dataset
 from datasets.voc import IGNORE_INDEX, denorm
 from losses import get_criterion
 from models import build_model
+from models.weights import load_snapshot
 from utils.checkpoints import (Checkpointer, ResumePoint, best_suffix, interrupt_suffix, remove_stale_temporaries,
                                resolve_suffix, snapshot_paths)
 from utils.config import TRAIN_RANGES, AttrDict, cfg_to_yaml, load_cfg, range_problems
@@ -244,7 +245,7 @@ def build_and_load(args, cfg: AttrDict, ctx: DistContext
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.NET, model.parameter_groups(cfg.NET.LR, cfg.NET.WEIGHT_DECAY))
     checkpoints = Checkpointer(args.snapshot_dir, model, optimizer)
-    point = checkpoints.load(args.resume) if args.resume else None
+    point = checkpoints.load(args.resume, load_snapshot) if args.resume else None
     return model, optimizer, checkpoints, point
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from models.weights import load_snapshot
 from utils.checkpoints import (Checkpointer, best_suffix, interrupt_suffix, list_snapshots, parse_suffix,
                                remove_stale_temporaries)
 from utils.dist import EpochSampler, SeededSamples
@@ -46,7 +47,7 @@ def test_save_load_round_trip_with_original_rules(tmp_path):
     assert (tmp_path / "model_enc_e004Xs0.500.pth").stat().st_mtime_ns == before
     # loading: weights and momentum back; the original's resume rule without a state file
     other, other_opt = _model_opt(1)
-    point = Checkpointer(str(tmp_path), other, other_opt).load("e004Xs0.500")
+    point = Checkpointer(str(tmp_path), other, other_opt).load("e004Xs0.500", load_snapshot)
     assert (point.start_epoch, point.best_score, point.state) == (5, 0.5, None)
     for a, b in zip(model.state_dict().values(), other.state_dict().values()):
         assert torch.equal(a, b)
@@ -77,7 +78,7 @@ def test_rotation_keeps_the_five_latest_and_the_state(tmp_path):
         assert ck.save(best_suffix(e, 0.1 * e), state={"epoch": e, "best_score": 0.1 * e})
     assert list_snapshots(str(tmp_path)) == [best_suffix(e, 0.1 * e) for e in range(2, 7)]
     assert len(os.listdir(tmp_path)) == 15
-    point = Checkpointer(str(tmp_path), model, opt).load("last")
+    point = Checkpointer(str(tmp_path), model, opt).load("last", load_snapshot)
     assert point.suffix == best_suffix(6, 0.6) and point.start_epoch == 6 and point.state["epoch"] == 6
 
 
@@ -92,14 +93,14 @@ def test_incomplete_snapshots_are_ignored_and_interrupts_replace_each_other(tmp_
     os.unlink(tmp_path / "state_enc_e003Xi00002.pth")
     assert list_snapshots(str(tmp_path)) == ["e002Xs0.300"]
     with pytest.raises(UserError, match="needs .*state_enc_e003Xi00002.pth"):
-        Checkpointer(str(tmp_path), model, opt).load("e003Xi00002")
+        Checkpointer(str(tmp_path), model, opt).load("e003Xi00002", load_snapshot)
     os.unlink(tmp_path / "opt_enc_e002Xs0.300.pth")
     with pytest.raises(UserError, match="no complete snapshot"):
         Checkpointer(str(tmp_path), model, opt).resolve("last")
     with pytest.raises(UserError, match="optimiser file .* is missing"):
-        Checkpointer(str(tmp_path), model, opt).load("e002Xs0.300")
+        Checkpointer(str(tmp_path), model, opt).load("e002Xs0.300", load_snapshot)
     with pytest.raises(UserError, match="model_enc_e009Xs0.100.pth not found"):
-        Checkpointer(str(tmp_path), model, opt).load("e009Xs0.100")
+        Checkpointer(str(tmp_path), model, opt).load("e009Xs0.100", load_snapshot)
 
 
 def test_stale_temporaries_are_removed(tmp_path):

@@ -23,7 +23,7 @@ import glob
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -217,10 +217,12 @@ class Checkpointer:
         """``last`` -> the newest complete snapshot of the run directory; other suffixes unchanged."""
         return resolve_suffix(self.snapshot_dir, suffix, self.name)
 
-    def load(self, suffix: str) -> ResumePoint:
-        """Load model (strict) and optimiser states of ``suffix`` (or ``last``); where the run continues."""
-        from models.weights import load_snapshot
+    def load(self, suffix: str, load_model: Callable[[nn.Module, str], None]) -> ResumePoint:
+        """Load model and optimiser states of ``suffix`` (or ``last``); where the run continues.
 
+        ``load_model(model, path)`` reads the model file into the model (``models.weights.load_snapshot``: strict,
+        and a mismatch names the file's backbone); the caller passes it, so that snapshots on disk do not depend
+        on the models."""
         suffix = self.resolve(suffix)
         paths = self.paths(suffix)
         if not os.path.isfile(paths["model"]):
@@ -240,7 +242,7 @@ class Checkpointer:
         elif kind is not None and kind[0] == "interrupt":
             raise UserError(f"snapshot {suffix} was written on an interrupt and needs {paths['state']}, which is "
                             "missing; resume from another snapshot (--resume last)")
-        load_snapshot(self.model, paths["model"])
+        load_model(self.model, paths["model"])
         if self.optimizer is not None:
             try:
                 opt_state = torch.load(paths["opt"], map_location="cpu", weights_only=True)
