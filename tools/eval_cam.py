@@ -22,10 +22,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 
+from tools.labelled_eval import add_model_list_args, labelled_outputs, load_model_and_list
 from utils.errors import UserError, run_main
 from utils.fileio import write_json
 from utils.inference_tools import save_palette_png
-from utils.labelled_eval import add_model_list_args, labelled_outputs, load_model_and_list
 from utils.metrics import (best_foreground, default_thresholds, sweep_scores, threshold_prediction,
                            threshold_sweep_confusion)
 

@@ -23,10 +23,10 @@ import numpy as np
 from PIL import Image
 
 from datasets.voc import PALETTE_FLAT
+from tools.labelled_eval import add_model_list_args, labelled_outputs, load_model_and_list
 from utils.errors import run_main
 from utils.fileio import save_image, write_json
 from utils.inference_tools import label_maps
-from utils.labelled_eval import add_model_list_args, labelled_outputs, load_model_and_list
 from utils.metrics import MaskScores, scores_from_confusion
 
 

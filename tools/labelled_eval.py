@@ -1,5 +1,5 @@
 """A trained model's masks on a labelled list, given the GT image labels: what tools/eval_pseudo.py and
-tools/eval_cam.py score.
+tools/eval_cam.py score (the options, model and list loading and the forward they share).
 
 For every image the model runs its training-mode forward (in eval mode) with the image labels read from the GT
 mask. That gives the masks cleaned with those labels ("cam": the CAM baseline's normalised CAMs with its constant
@@ -22,8 +22,11 @@ from tqdm import tqdm
 from datasets.info import DATASETS, get_dataset
 from datasets.pascal_voc import read_file_list
 from datasets.voc import NUM_CLASSES, labels_from_mask, normalize_np
+from models import build_model
+from models.weights import load_snapshot
 from utils.config import AttrDict, load_cfg
 from utils.errors import UserError
+from utils.opts import select_device
 
 
 def add_model_list_args(p: argparse.ArgumentParser, out_help: str) -> None:
@@ -42,10 +45,6 @@ def load_model_and_list(args: argparse.Namespace) -> tuple[AttrDict, torch.nn.Mo
                                                             list[tuple[str, str]]]:
     """The config, the snapshot's model in eval mode on the chosen device, and the (image, mask) paths of the list;
     the config's TEST.NUM_CLASSES is checked to be the --dataset's."""
-    from models import build_model
-    from models.weights import load_snapshot
-    from utils.opts import select_device
-
     cfg = load_cfg(args.cfg, args.set_cfgs)
     cfg.NET.FROM_SCRATCH = True  # the snapshot overwrites every weight
     get_dataset(args.dataset).check_num_classes(cfg)
