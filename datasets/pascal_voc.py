@@ -1,4 +1,4 @@
-"""Pascal VOC / SBD training data: file lists, the training dataset (SPEC 3.2, 3.3, 3.5) and its DataLoader.
+"""Pascal VOC / SBD training data: file lists, the training dataset (SPEC 3.2, 3.3, 3.5) and its batching.
 
 Differences from the original, each for robustness: the data root and list names come from the config
 (DATASET.ROOT, DATASET.*_LIST) instead of a hard-coded ``./data``; list sizes are not asserted (only that a split
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 from torch.utils.data.dataloader import default_collate
 
 # read_file_list is part of this module's interface (the other entry points import it from here)
@@ -23,7 +23,6 @@ from datasets.filelists import (IMAGE_ERRORS, check_mask_values, image_id, load_
 from datasets.transforms import build_transform
 from datasets.voc import NUM_CLASSES
 from utils.errors import UserError
-from utils.opts import seed_worker as default_seed_worker
 
 SPLIT_LISTS = {"train": "TRAIN_LIST", "train_voc": "TRAIN_VOC_LIST", "val": "VAL_LIST"}
 
@@ -98,33 +97,3 @@ def collate_skip_none(batch: Sequence[Any]) -> Any:
     """default_collate without the samples a dataset dropped (None); None when the whole batch was dropped."""
     batch = [b for b in batch if b is not None]
     return default_collate(batch) if batch else None
-
-
-def get_dataloader(cfg, split: str, batch_size: int, workers: int, shuffle: bool, drop_last: bool,
-                   sampler: Sampler | None = None, generator: torch.Generator | None = None,
-                   seed_worker: Callable[[int], None] | None = default_seed_worker,
-                   augment: bool | None = None, with_mask: bool = False) -> DataLoader:
-    """A DataLoader over ``VOCSegmentation(cfg, split)``.
-
-    ``augment`` None means: the training split is augmented; "val" and "train_voc" too (the original), unless
-    TRAIN.DETERMINISTIC_VAL. Batches may come out None or short when TRAIN.ON_CORRUPT is "skip" and a file is bad.
-    """
-    if augment is None:
-        augment = split == "train" or not cfg.TRAIN.DETERMINISTIC_VAL
-    dataset = VOCSegmentation(cfg, split, augment=augment, with_mask=with_mask)
-    if drop_last and len(dataset) < batch_size:
-        raise UserError(f"split {split} ({dataset.list_path}) has {len(dataset)} images, fewer than the batch size "
-                        f"{batch_size}, so no batch would be left; lower TRAIN.BATCH_SIZE or add images")
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle if sampler is None else False,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
-        drop_last=drop_last,
-        collate_fn=collate_skip_none,
-        worker_init_fn=seed_worker if workers > 0 else None,
-        generator=generator,
-        persistent_workers=workers > 0,
-    )

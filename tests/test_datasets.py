@@ -1,4 +1,4 @@
-"""The training data layer: labels, file lists, VOCSegmentation, the DataLoader factory and bad input."""
+"""The training data layer: labels, file lists, VOCSegmentation, its batching and bad input."""
 from __future__ import annotations
 
 import os
@@ -12,10 +12,13 @@ import torch
 from PIL import Image
 
 from datasets.checks import check_file_list
-from datasets.pascal_voc import (VOCSegmentation, collate_skip_none, get_dataloader, mask_labels, read_file_list)
+from torch.utils.data import DataLoader
+
+from datasets.pascal_voc import VOCSegmentation, collate_skip_none, mask_labels, read_file_list
 from datasets.voc import PALETTE_FLAT, labels_from_mask
 from utils.config import get_cfg_defaults
 from utils.errors import UserError, user_error_lines
+from utils.opts import seed_worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JPG = "voc/VOCdevkit/VOC2012/JPEGImages/{}.jpg"
@@ -159,13 +162,23 @@ def test_validation_without_augmentation_is_deterministic(synthetic_root):
         VOCSegmentation(cfg, "test")
 
 
+def _loader(cfg, split: str, batch_size: int, workers: int, shuffle: bool, drop_last: bool,
+            generator: torch.Generator | None = None) -> DataLoader:
+    """Batches of ``VOCSegmentation(cfg, split)`` as training reads them: the training split augmented, the
+    validation splits too (the original) unless TRAIN.DETERMINISTIC_VAL; dropped samples left out of their batch."""
+    augment = split == "train" or not cfg.TRAIN.DETERMINISTIC_VAL
+    return DataLoader(VOCSegmentation(cfg, split, augment=augment), batch_size=batch_size, shuffle=shuffle,
+                      num_workers=workers, drop_last=drop_last, collate_fn=collate_skip_none,
+                      worker_init_fn=seed_worker if workers > 0 else None, generator=generator)
+
+
 def test_dataloader_batches_seeds_and_val_mode(synthetic_root):
     cfg = _cfg(synthetic_root, crop=24)
 
-    def first(split, seed, **kw):
+    def first(split, seed):
         torch.manual_seed(seed)
         g = torch.Generator().manual_seed(seed)
-        dl = get_dataloader(cfg, split, batch_size=4, workers=0, shuffle=True, drop_last=True, generator=g, **kw)
+        dl = _loader(cfg, split, batch_size=4, workers=0, shuffle=True, drop_last=True, generator=g)
         return next(iter(dl))
 
     x, labels, names = first("train", 0)
@@ -176,10 +189,8 @@ def test_dataloader_batches_seeds_and_val_mode(synthetic_root):
     # the original augments the validation split; TRAIN.DETERMINISTIC_VAL turns that off
     assert not torch.equal(first("val", 0)[0], first("val", 1)[0])
     cfg.TRAIN.DETERMINISTIC_VAL = True
-    dl = get_dataloader(cfg, "val", batch_size=6, workers=0, shuffle=False, drop_last=False)
+    dl = _loader(cfg, "val", batch_size=6, workers=0, shuffle=False, drop_last=False)
     assert torch.equal(next(iter(dl))[0], next(iter(dl))[0])
-    with pytest.raises(UserError, match=r"split train_voc .* has 3 images, fewer than the batch size 4"):
-        get_dataloader(cfg, "train_voc", batch_size=4, workers=0, shuffle=True, drop_last=True)
 
 
 def test_collate_skip_none():
@@ -262,14 +273,14 @@ def test_corrupt_image_in_a_worker_names_the_file(tiny_voc):
     root, _ = tiny_voc
     bad = _corrupt_jpeg(root, "img0")
     cfg = _cfg(root, TRAIN_LIST="train.txt")
-    dl = get_dataloader(cfg, "train", batch_size=3, workers=1, shuffle=False, drop_last=False)
+    dl = _loader(cfg, "train", batch_size=3, workers=1, shuffle=False, drop_last=False)
     with pytest.raises(UserError) as e:
         next(iter(dl))
     lines = user_error_lines(e.value)
     assert len(lines) == 1 and lines[0].startswith(f"cannot use {bad} (unreadable image")
     cfg.TRAIN.ON_CORRUPT = "skip"
     with pytest.warns(UserWarning, match="skipping .*img0.jpg"):
-        x, labels, names = next(iter(get_dataloader(cfg, "train", 3, 0, False, False)))
+        x, labels, names = next(iter(_loader(cfg, "train", 3, 0, False, False)))
     assert list(names) == ["img1", "img2"] and x.shape[0] == 2
 
 
