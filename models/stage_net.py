@@ -218,7 +218,9 @@ class CAMNet(_BackboneHead):
         self.bg_score = bg_score
         self.fc8 = nn.Conv2d(backbone.channels["conv6"], num_classes - 1, 1, bias=False)
         nn.init.xavier_uniform_(self.fc8.weight)
-        # the same fc8 in both branches, as the original: three state-dict keys for one tensor
+        # the same fc8 in both branches, as the original: three state-dict keys for one tensor. forward never calls
+        # mask_branch (it applies fc8 and the ReLU itself); the module stays for the key mask_branch.0.weight of
+        # the original's snapshots (SPEC Appendix A), which strict loading needs
         self.cls_branch = nn.Sequential(nn.Dropout2d(BSL_DROPOUT), nn.AdaptiveAvgPool2d(1), self.fc8)
         self.mask_branch = nn.Sequential(self.fc8, nn.ReLU())
         self._from_scratch.append(self.fc8)
