@@ -21,6 +21,7 @@ from utils.dcrf import CRFParams, dense_crf
 from utils.errors import UserError
 from utils.inference_tools import (WriterOptions, class_presence, crf_image, image_01, merge_crops,
                                    merge_multiscale, write_outputs)
+from utils.visualize import overlay, overlay_labels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 C = 21
@@ -138,6 +139,22 @@ def test_writer_formats_ties_and_panels(tmp_path):
     ambiguous = np.array([224, 224, 192]) / 255  # GT 255 is drawn with palette colour 255
     assert np.array_equal(vis[1, 2 * w + 1], np.round(255 * (0.3 * img01[1, 1] + 0.7 * ambiguous)))
     assert np.abs(img01 - image / 255.0).max() < 1e-6  # the de-normalised image is the image
+
+
+def test_every_overlay_weighs_image_0_3_and_colour_0_7():
+    """One convention (utils/visualize.py): the inference panels, the demo report's examples and the TensorBoard
+    panels all draw 0.3 x image + 0.7 x class colour; only 255 differs (its own colour, or the plain image)."""
+    image01 = np.full((1, 2, 3), 0.5)
+    labels = np.array([[1, 255]])
+    colour = np.array([128, 0, 0]) / 255  # aeroplane
+    out = overlay_labels(labels, image01)
+    assert np.allclose(out[0, 0], 0.3 * 0.5 + 0.7 * colour)
+    assert np.allclose(out[0, 1], 0.3 * 0.5 + 0.7 * np.array([224, 224, 192]) / 255)
+    assert np.array_equal(overlay_labels(labels, image01, plain_ignored=True)[0, 1], image01[0, 1])
+    masks = torch.zeros(21, 1, 2)
+    masks[1] = 1.0  # certain aeroplane everywhere
+    tb = overlay(torch.from_numpy(image01).permute(2, 0, 1).float(), masks).permute(1, 2, 0).numpy()
+    assert np.allclose(tb[0, 0], out[0, 0], atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------ end to end

@@ -28,13 +28,13 @@ from datasets.voc import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE
 from utils.errors import UserError, run_main
 from utils.fileio import save_image, write_json, write_text
 from utils.metrics import confusion_and_misses, scores_from_confusion
+from utils.visualize import overlay_labels, read_events
 
 # the demo's targets: single-stage >= CAM + 10 points and >= 60% mIoU; PAMR >= raw + 5 points on train; <= 10 min
 MIN_GAIN_OVER_CAM = 10.0
 MIN_MIOU = 60.0
 MIN_PAMR_GAIN = 5.0
 MAX_WALL_TIME_S = 600.0
-OVERLAY_ALPHA = 0.7
 GRID_ROWS_BEST = 3
 GRID_ROWS_WORST = 3
 RUNS = {"bsl": "CAM baseline", "ae": "single-stage model", "stage2": "second stage (trained on the pseudo labels)",
@@ -130,11 +130,9 @@ def load_chain(out: str) -> tuple[dict[str, dict], dict[str, float]]:
 # examples
 
 def _overlay(img: np.ndarray, lab: np.ndarray) -> np.ndarray:
-    """[H,W,3] uint8 image and [H,W] class map -> the map's VOC colours over the image (255 = plain image)."""
-    col = PALETTE[lab].astype(np.float32)
-    out = (1 - OVERLAY_ALPHA) * img + OVERLAY_ALPHA * col
-    out[lab == IGNORE_INDEX] = img[lab == IGNORE_INDEX]
-    return out.round().clip(0, 255).astype(np.uint8)
+    """[H,W,3] uint8 image and [H,W] class map -> uint8 [H,W,3]: the map's VOC colours over the image (255 = plain
+    image)."""
+    return np.round(255 * overlay_labels(lab, img / 255.0, plain_ignored=True)).astype(np.uint8)
 
 
 def _image_miou(gt: np.ndarray, pred: np.ndarray) -> float:
@@ -186,8 +184,6 @@ def read_curves(logs: str) -> dict[str, dict[str, dict[str, dict[int, float]]]]:
     """Per run, the scalar tags of its event files with "loss" in the name ("losses" panel) and those with "miou"
     in it, in % ("mIoU (%)" panel; 21-class means left out), as {panel: {"<split>: <tag>": {epoch: value}}};
     empty panels left out."""
-    from utils.visualize import read_events
-
     curves = {}
     for run in RUNS:
         panels: dict[str, dict[str, dict[int, float]]] = {"losses": {}, "mIoU (%)": {}}

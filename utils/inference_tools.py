@@ -23,13 +23,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from datasets.voc import IGNORE_INDEX, MEAN, PALETTE, PALETTE_FLAT, STD, normalize_np
+from datasets.voc import IGNORE_INDEX, MEAN, PALETTE_FLAT, STD, normalize_np
 from utils.dcrf import CRFParams, dense_crf
 from utils.errors import UserError
 from utils.fileio import atomic_path, save_image
 from utils.procs import die_with_parent
+from utils.visualize import overlay_labels
 
-OVERLAY_ALPHA = 0.3  # weight of the image in the visualisation panels (the original's alpha)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -171,15 +171,9 @@ def crf_image(image01: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.round(255 * image01).astype(np.uint8))
 
 
-def overlay(labels: np.ndarray, image01: np.ndarray) -> np.ndarray:
-    """One visualisation panel: 0.3 * image + 0.7 * palette colour / 255, float64 [H, W, 3] in [0, 1]."""
-    colour = PALETTE[labels].astype(np.float64) / 255.0  # [H, W, 3]; 255 ("ambiguous") has its own colour
-    return OVERLAY_ALPHA * image01 + (1 - OVERLAY_ALPHA) * colour
-
-
 def visualisation(image01: np.ndarray, panels: Sequence[np.ndarray]) -> np.ndarray:
     """Panels side by side (prediction, CRF prediction, GT; whichever exist) as uint8 RGB [H, W * n, 3]."""
-    vis = np.concatenate([overlay(p, image01) for p in panels], axis=1)
+    vis = np.concatenate([overlay_labels(p, image01) for p in panels], axis=1)
     return np.round(255 * vis).astype(np.uint8)
 
 

@@ -17,12 +17,14 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
-from datasets.voc import CLASS_NAMES, PALETTE, denorm
+from datasets.voc import CLASS_NAMES, IGNORE_INDEX, PALETTE, denorm
 from utils.fileio import write_error
 
 PANELS = ("cam", "dec", "pseudo")  # overlays, in the original's order
-IMAGE_WEIGHT = 0.3  # overlay = 0.3 image + 0.7 colour * confidence
-MASK_WEIGHT = 0.7
+# every overlay of the project: IMAGE_WEIGHT x image + MASK_WEIGHT x class colour (the original's alpha 0.3 is the
+# image's weight); the TensorBoard panels scale the colour by the mask's confidence
+IMAGE_WEIGHT = 0.3
+MASK_WEIGHT = 1 - IMAGE_WEIGHT
 HEADER_HEIGHT = 16
 FONT_SIZE = 12
 TEXT_POS = (5, 1)
@@ -42,7 +44,8 @@ def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 
 def overlay(image: torch.Tensor, masks: torch.Tensor, plain_where_empty: bool = False) -> torch.Tensor:
-    """image [3,H,W] RGB in [0,1], masks [C,H,W] -> [3,H,W]: ``0.3 image + 0.7 colour(argmax) min(max, 1)``.
+    """image [3,H,W] RGB in [0,1], masks [C,H,W] -> [3,H,W]: ``IMAGE_WEIGHT image + MASK_WEIGHT colour(argmax)
+    min(max, 1)``.
 
     ``plain_where_empty``: pixels where no channel is set (pseudo labels: "ignore") show the plain image.
     """
@@ -53,6 +56,21 @@ def overlay(image: torch.Tensor, masks: torch.Tensor, plain_where_empty: bool = 
     if plain_where_empty:
         empty = masks.sum(0) <= 0  # [H,W]
         out = torch.where(empty[None], image, out)
+    return out
+
+
+def overlay_labels(labels: np.ndarray, image01: np.ndarray, plain_ignored: bool = False) -> np.ndarray:
+    """A class map over its image: labels [H, W], image01 [H, W, 3] in [0, 1] -> float64 [H, W, 3] in [0, 1],
+    ``IMAGE_WEIGHT * image + MASK_WEIGHT * palette colour``.
+
+    255 ("ambiguous") has its own palette colour, as in the original's inference panels; ``plain_ignored`` shows
+    the plain image there instead (the unlabelled pixels of pseudo labels, as ``overlay``'s ``plain_where_empty``).
+    """
+    colour = PALETTE[labels].astype(np.float64) / 255.0  # [H, W, 3]
+    out = IMAGE_WEIGHT * image01 + MASK_WEIGHT * colour
+    if plain_ignored:
+        ignored = labels == IGNORE_INDEX  # [H, W]
+        out[ignored] = image01[ignored]
     return out
 
 
