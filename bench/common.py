@@ -37,9 +37,6 @@ RESULTS_DIR = os.path.join(ROOT, "bench", "results")
 CHILD_MARK = "BENCH_CHILD "  # prefix of the line a child process reports its measurement on
 MIB = 2 ** 20
 
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
 
 def _proc_field(path: str, field: str) -> str | None:
     try:

@@ -21,20 +21,18 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageFilter
+
+import infer_val
+from bench.infer import FULL, REDUCED, bench_model, bench_test_cfg, make_images, run_ours
+from utils.dcrf import CRFParams, dense_crf
+from utils.fileio import write_json
+from utils.inference_tools import WriterOptions, WriterPool, crf_image, image_01, write_outputs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image, ImageFilter  # noqa: E402
-
-import infer_val  # noqa: E402
-from bench.infer import FULL, REDUCED, bench_model, bench_test_cfg, make_images, run_ours  # noqa: E402
-from utils.dcrf import CRFParams, dense_crf  # noqa: E402
-from utils.fileio import write_json  # noqa: E402
-from utils.inference_tools import WriterOptions, WriterPool, crf_image, image_01, write_outputs  # noqa: E402
-
 W, H, C = 500, 375, 21
 NETWORK_IMAGES = 2  # images timed through the network for the comparison
 

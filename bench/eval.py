@@ -16,7 +16,6 @@ The confusion matrices of pipeline and baseline over the same masks must be equa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -26,18 +25,16 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+from PIL import Image, ImageDraw
+
+from bench.baselines.eval_loop import evaluate_pair_loop
+from datasets.info import get_dataset
+from datasets.voc import IGNORE_INDEX, PALETTE_FLAT
+from utils.fileio import write_json
+from utils.mask_eval import default_workers, evaluate, parse_list
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import numpy as np  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
-
-from bench.baselines.eval_loop import evaluate_pair_loop  # noqa: E402
-from datasets.info import get_dataset  # noqa: E402
-from datasets.voc import IGNORE_INDEX, PALETTE_FLAT  # noqa: E402
-from utils.fileio import write_json  # noqa: E402
-from utils.mask_eval import default_workers, evaluate, parse_list  # noqa: E402
-
 VOC_VAL_SIZE = 1449
 # per dataset: (val masks, mask width, height); COCO: val2014 images with objects, at COCO's usual 640x480
 SIZES = {"pascal_voc": (VOC_VAL_SIZE, 500, 375), "coco": (40137, 640, 480)}

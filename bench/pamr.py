@@ -17,15 +17,13 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from bench.baselines.pamr_spec import PAMRSpec  # noqa: E402
-from bench.common import (measure_in_subprocess, peak_memory_mib, print_table, report_child, time_fn,  # noqa: E402
+from bench.baselines.pamr_spec import PAMRSpec
+from bench.common import (measure_in_subprocess, peak_memory_mib, print_table, report_child, time_fn,
                           write_results)
-from models.mods.pamr import PAMR, pamr_affinity, pamr_propagate  # noqa: E402
+from models.mods.pamr import PAMR, pamr_affinity, pamr_propagate
 
 TOLERANCE = 1e-5  # largest allowed |ours - SPEC| of the refined masks (values in [0, 1])
 TARGET_SPEEDUP = 10.0

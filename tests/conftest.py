@@ -1,16 +1,16 @@
-"""Shared fixtures: the repository root on sys.path and a tiny synthetic dataset made once per session."""
+"""Shared set-up: the repository root importable by the scripts the tests start, and a tiny synthetic dataset made
+once per session. (pytest itself imports the project from the root: pytest.ini's ``pythonpath``.)"""
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-import torch  # noqa: E402
+# as tools/setup_env.sh does for a user's shell: `python tools/x.py` and `python bench/x.py` find the project
+if os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] != ROOT:
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
 
 # one thread: the machine's cores are shared by parallel test runs, and results do not depend on thread count
 torch.set_num_threads(1)

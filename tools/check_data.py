@@ -11,15 +11,11 @@ agree. Paths in the list are relative to --root, as in training (DATASET.ROOT) a
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from datasets.checks import check_file_list  # noqa: E402
-from datasets.filelists import parse_file_list  # noqa: E402
-from datasets.info import DATASETS, get_dataset  # noqa: E402
-from utils.errors import UserError, run_main  # noqa: E402
+from datasets.checks import check_file_list
+from datasets.filelists import parse_file_list
+from datasets.info import DATASETS, get_dataset
+from utils.errors import UserError, run_main
 
 
 def main(argv: list[str] | None = None) -> int:

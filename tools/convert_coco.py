@@ -28,17 +28,15 @@ import os
 import sys
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from datasets.coco import (ANNOTATION_FILE, CATEGORIES, CLASS_OF_CATEGORY, IMAGE_DIR, LIST_NAMES,  # noqa: E402
+from datasets.coco import (ANNOTATION_FILE, CATEGORIES, CLASS_OF_CATEGORY, IMAGE_DIR, LIST_NAMES,
                            MASK_DIR, SPLITS)
-from datasets.voc import IGNORE_INDEX, PALETTE_FLAT  # noqa: E402
-from utils.errors import UserError, run_main  # noqa: E402
-from utils.fileio import atomic_path, check_writable_dir, write_text  # noqa: E402
+from datasets.voc import IGNORE_INDEX, PALETTE_FLAT
+from utils.errors import UserError, run_main
+from utils.fileio import atomic_path, check_writable_dir, write_text
 
 MAX_REPORTED = 5  # names listed in one error line
 DOWNLOAD_HINT = "download annotations_trainval2014.zip from https://cocodataset.org and unpack it into the root"

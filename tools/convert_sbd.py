@@ -15,18 +15,15 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import scipy.io
+from scipy.io.matlab import MatReadError
+from PIL import Image
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-import scipy.io  # noqa: E402
-from scipy.io.matlab import MatReadError  # noqa: E402
-from PIL import Image  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from utils.errors import UserError, run_main  # noqa: E402
-from utils.fileio import check_writable_dir, save_image  # noqa: E402
+from utils.errors import UserError, run_main
+from utils.fileio import check_writable_dir, save_image
 
 
 def read_sbd_mat(path: str) -> np.ndarray:

@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import argparse
 import html
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import json
+import os
 import platform
 
 import numpy as np

@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from utils.errors import UserError, run_main  # noqa: E402
-from utils.fileio import write_text  # noqa: E402
+from utils.errors import UserError, run_main
+from utils.fileio import write_text
 
 VOC_REL = "voc/VOCdevkit/VOC2012"
 SBD_REL = "sbd/benchmark_RELEASE/dataset"

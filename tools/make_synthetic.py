@@ -40,10 +40,7 @@ import dataclasses
 import math
 import multiprocessing
 import os
-import sys
 from typing import Any, Sequence
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter

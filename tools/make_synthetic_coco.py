@@ -22,18 +22,15 @@ import argparse
 import contextlib
 import multiprocessing
 import os
-import sys
 from typing import Any, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from datasets.coco import ANNOTATION_FILE, CATEGORIES, IMAGE_DIR  # noqa: E402
-from datasets.voc import CLASS_NAMES as VOC_NAMES  # noqa: E402
-from tools.make_synthetic import DEFAULT_CLASSES, _save_jpeg, draw_sample, get_difficulty  # noqa: E402
-from utils.errors import UserError, run_main  # noqa: E402
-from utils.fileio import check_writable_dir, write_json  # noqa: E402
+from datasets.coco import ANNOTATION_FILE, CATEGORIES, IMAGE_DIR
+from datasets.voc import CLASS_NAMES as VOC_NAMES
+from tools.make_synthetic import DEFAULT_CLASSES, _save_jpeg, draw_sample, get_difficulty
+from utils.errors import UserError, run_main
+from utils.fileio import check_writable_dir, write_json
 
 # VOC class name -> COCO category name, where they differ (the other 14 VOC classes have the same name)
 VOC_TO_COCO_NAME = {"aeroplane": "airplane", "diningtable": "dining table", "motorbike": "motorcycle",
