@@ -163,10 +163,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def torchrun_context() -> "DistContext | None":
-    """utils/dist.py's DistContext of torchrun's processes (gloo on the CPU), or None for a plain run; torch is
-    imported only under torchrun, since an evaluation is NumPy work and a plain run starts faster without it."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+def torchrun_context() -> DistContext | None:
+    """utils/dist.py's DistContext of torchrun's processes (gloo on the CPU), or None for one process; torch is
+    imported only for several, since an evaluation is NumPy work and a plain run starts faster without it."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) < 2:
         return None
     import torch
 
@@ -179,7 +179,7 @@ def evaluate_list(entries: list[Entry], args: argparse.Namespace, ctx: DistConte
     """The whole list's result on rank 0 (None on the other ranks): under torchrun every rank evaluates every
     world_size-th entry and the parts are gathered."""
     workers, n = args.workers or default_workers(), args.info.num_classes
-    if ctx is None or not ctx.distributed:
+    if ctx is None:
         return evaluate(entries, args.oracle, workers, num_classes=n)
     from utils.dist import all_gather_objects, shutdown
 
@@ -196,7 +196,8 @@ def evaluate_list(entries: list[Entry], args: argparse.Namespace, ctx: DistConte
 
 
 def check_problems(result: EvalResult, args: argparse.Namespace, num_listed: int) -> None:
-    """Without --allow-problems, problems end the run: listed on stdout, counted in the error."""
+    """Without --allow-problems, problems end the run: listed on stdout, counted in the error; so does a list
+    of which no image could be scored."""
     n = args.info.num_classes
     if result.problems and (not args.allow_problems or result.num_images == 0):
         print("\n".join(format_problems(result.problems, n)), flush=True)
