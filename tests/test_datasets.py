@@ -18,7 +18,6 @@ from datasets.pascal_voc import VOCSegmentation, collate_skip_none, mask_labels,
 from datasets.voc import PALETTE_FLAT, labels_from_mask
 from utils.config import get_cfg_defaults
 from utils.errors import UserError, user_error_lines
-from utils.opts import seed_worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JPG = "voc/VOCdevkit/VOC2012/JPEGImages/{}.jpg"
@@ -168,8 +167,7 @@ def _loader(cfg, split: str, batch_size: int, workers: int, shuffle: bool, drop_
     validation splits too (the original) unless TRAIN.DETERMINISTIC_VAL; dropped samples left out of their batch."""
     augment = split == "train" or not cfg.TRAIN.DETERMINISTIC_VAL
     return DataLoader(VOCSegmentation(cfg, split, augment=augment), batch_size=batch_size, shuffle=shuffle,
-                      num_workers=workers, drop_last=drop_last, collate_fn=collate_skip_none,
-                      worker_init_fn=seed_worker if workers > 0 else None, generator=generator)
+                      num_workers=workers, drop_last=drop_last, collate_fn=collate_skip_none, generator=generator)
 
 
 def test_dataloader_batches_seeds_and_val_mode(synthetic_root):

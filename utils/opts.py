@@ -66,15 +66,6 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def seed_worker(worker_id: int) -> None:
-    """DataLoader worker_init_fn: numpy and random follow torch's per-worker seed."""
-    import torch
-
-    s = torch.initial_seed() % 2**32
-    np.random.seed(s)
-    random.seed(s)
-
-
 def select_device(name: str) -> "torch.device":  # noqa: F821
     import torch
 
