@@ -1,11 +1,12 @@
 """Configuration: the original's keys and defaults, YAML merge and ``--set`` overrides.
 
 The config is a value: ``get_cfg_defaults()`` returns a fresh copy of the defaults, the merge
-functions update it, and the result is passed to the code that needs it. The merge rules are the
-original's: every key must already exist; string values go through ``ast.literal_eval`` (so
-``"1e-5"`` becomes a float and ``bsl`` stays a string); a value must have the default's type,
-except that lists and tuples convert into each other, strings accept anything (``str(v)``) and
-numpy arrays take the default's dtype. A violation is a ``UserError`` naming the key.
+functions update it, the entry points freeze it after the merge (utils/run_setup.py), and the result
+is passed to the code that needs it. The merge rules are the original's: every key must already
+exist; string values go through ``ast.literal_eval`` (so ``"1e-5"`` becomes a float and ``bsl``
+stays a string); a value must have the default's type, except that lists and tuples convert into
+each other, strings accept anything (``str(v)``) and numpy arrays take the default's dtype. A
+violation is a ``UserError`` naming the key.
 """
 from __future__ import annotations
 
@@ -21,7 +22,14 @@ from utils.errors import UserError
 
 
 class AttrDict(dict):
-    """A dict whose items are also attributes (``cfg.NET.LR == cfg["NET"]["LR"]``)."""
+    """A dict whose items are also attributes (``cfg.NET.LR == cfg["NET"]["LR"]``).
+
+    ``freeze()`` makes it and its groups read-only (assigning or deleting a key raises TypeError): once merged, a
+    run's config is a value, and code that tries to change it fails at once instead of changing it for every part
+    that reads it later. ``copy.deepcopy`` gives a mutable copy.
+    """
+
+    _frozen = False  # freeze() sets it on the instance
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -31,6 +39,27 @@ class AttrDict(dict):
 
     def __setattr__(self, name: str, value: Any) -> None:
         self[name] = value
+
+    def _check_mutable(self, key: Any) -> None:
+        if self._frozen:
+            raise TypeError(f"the config is frozen after the merge; {key!r} cannot be changed (derive a copy with "
+                            "copy.deepcopy instead)")
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._check_mutable(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self._check_mutable(key)
+        super().__delitem__(key)
+
+    def freeze(self) -> "AttrDict":
+        """Make this config and every group in it read-only; returns it."""
+        for v in self.values():
+            if isinstance(v, AttrDict):
+                v.freeze()
+        object.__setattr__(self, "_frozen", True)
+        return self
 
     def __deepcopy__(self, memo: dict) -> "AttrDict":
         return AttrDict({k: copy.deepcopy(v, memo) for k, v in self.items()})
