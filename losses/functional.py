@@ -1,17 +1,19 @@
-"""The paper's maths as pure functions (SPEC 5.4, 5.7, 5.9-5.11): the background logit, normalised Global Weighted
-Pooling, the focal mask penalty, pseudo ground truth from refined masks and the class-balanced self-supervised
-segmentation loss. C counts the background (21 for VOC); labels have the C-1 foreground entries."""
+"""The paper's maths as pure functions (SPEC 5.4, 5.7, 5.9-5.12): the background logit, normalised Global Weighted
+Pooling, the focal mask penalty, pseudo ground truth from refined masks, the class-balanced self-supervised
+segmentation loss and the total loss with its PRETRAIN gate. C counts the background (21 for VOC); labels have the
+C-1 foreground entries."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from datasets.voc import IGNORE_INDEX  # also the target of pixels without a pseudo label
 
 BG_LOGIT = 1.0  # the constant background logit prepended to the foreground logits
 NGWP_EPS = 1.0  # the 1 in the nGWP denominator: small masks cannot inflate their score
 PSEUDO_BG_CUTOFF = 0.7  # background pixels: above 0.7 x the background's maximum
 PSEUDO_FG_CUTOFF = 0.6  # foreground classes: above 0.6 x the class's maximum
 PSEUDO_FLOOR = 0.2  # no threshold below this, so a weak class selects nothing rather than noise
-IGNORE_INDEX = 255  # target of pixels without a pseudo label
 
 
 def add_background_logit(fg_logits: torch.Tensor) -> torch.Tensor:
@@ -91,3 +93,16 @@ def balanced_mask_loss(logits: torch.Tensor, pseudo: torch.Tensor, labels: torch
     ce = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="none")  # [B,H,W]
     gate = ((labels.sum(1) + 1) == (n_c > 0).sum(1)).to(ce.dtype)  # [B]
     return gate * (weight * ce).mean((1, 2))
+
+
+def total_loss(loss_cls: torch.Tensor, loss_mask: torch.Tensor | None, epoch: int, pretrain: int,
+               mask_weight: float) -> torch.Tensor:
+    """The loss a training step minimises (SPEC 5.12): loss_cls + [epoch >= pretrain] * mask_weight * loss_mask.
+
+    loss_cls, loss_mask: scalars (batch means). During the first ``pretrain`` epochs (TRAIN.PRETRAIN) only the
+    classification term is optimised, since the masks, and so the pseudo labels, are still poor; the mask loss is
+    computed and logged all the same. No mask loss (the CAM baseline): the classification loss alone.
+    """
+    if loss_mask is None or epoch < pretrain:
+        return loss_cls
+    return loss_cls + mask_weight * loss_mask

@@ -1,5 +1,5 @@
 """The paper's maths against values derived by hand: background logit, nGWP, focal penalty, pseudo ground truth,
-class-balanced CE, the Stochastic Gate and the classification criteria."""
+class-balanced CE, the total loss with its PRETRAIN gate, the Stochastic Gate and the classification criteria."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import torch
 
 from losses import get_criterion
 from losses.functional import (add_background_logit, balanced_mask_loss, class_scores, focal_penalty,
-                               foreground_coverage, ngwp, pseudo_gt, rescale_and_clean)
+                               foreground_coverage, ngwp, pseudo_gt, rescale_and_clean, total_loss)
 from models.mods.sg import StochasticGate, stochastic_gate
 from utils.errors import UserError
 
@@ -202,3 +202,20 @@ def test_hinge_by_hand():
 def test_unknown_criterion_lists_the_valid_ones():
     with pytest.raises(UserError, match="NET.LOSS.*SoftMargin, Hinge"):
         get_criterion("Focal")
+
+
+def test_total_loss_adds_the_mask_loss_from_epoch_pretrain_on():
+    """SPEC 5.12 with PRETRAIN 5 and MASK_LOSS_BCE 0.5: 0.75 + 0.5 * 0.25 = 0.875 from epoch 5, 0.75 before."""
+    cls, mask = torch.tensor(0.75), torch.tensor(0.25)
+    assert [total_loss(cls, mask, epoch, 5, 0.5).item() for epoch in (0, 4, 5, 6)] == [0.75, 0.75, 0.875, 0.875]
+    assert total_loss(cls, mask, 0, 0, 1.0).item() == 1.0  # PRETRAIN 0: from the first epoch
+    assert total_loss(cls, None, 9, 5, 1.0) is cls  # the CAM baseline has no mask loss
+
+
+def test_total_loss_gradients_follow_the_gate():
+    """Before PRETRAIN the mask term gets no gradient; after it, d loss / d loss_mask = MASK_LOSS_BCE."""
+    cls, mask = torch.tensor(0.5, requires_grad=True), torch.tensor(2.0, requires_grad=True)
+    total_loss(cls, mask, 1, 2, 3.0).backward()
+    assert cls.grad.item() == 1.0 and mask.grad is None
+    total_loss(cls, mask, 2, 2, 3.0).backward()
+    assert cls.grad.item() == 2.0 and mask.grad.item() == 3.0
