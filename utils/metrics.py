@@ -6,7 +6,8 @@ Scores are fractions in [0, 1]; the printed table multiplies them by 100 like th
 
 The masks of a training-mode forward (raw, PAMR-refined, pseudo labels) and the single-scale final prediction
 are scored the same way by ``MaskScores`` (validation during training, tools/eval_pseudo.py); it takes numpy
-arrays or torch tensors, and this module imports no torch (eval_seg.py runs without it).
+arrays or torch tensors, and this module imports no torch (eval_seg.py runs without it). The validation during
+training also takes its classification AP and the score that picks snapshots from here.
 """
 from __future__ import annotations
 
@@ -218,6 +219,42 @@ def _numpy_u8(x) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     return np.asarray(x).astype(np.uint8, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# validation during training (SPEC 7.5): the classification AP and the checkpoint score
+
+SNAPSHOT_SCORES = ("loss", "miou")  # TRAIN.SNAPSHOT_SCORE: 1 - mean validation loss (the original's), or mIoU
+SCORED_PRED = "miou_pred"  # the MaskScores key "miou" selects by: the final prediction's mIoU over classes present
+
+
+def class_average_precision(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
+    """Per-class average precision [K] of image-level scores y_score [N,K] against 0/1 labels y_true [N,K]
+    (scikit-learn's, SPEC 7.5); NaN for a class without a positive image, whose AP is undefined."""
+    from sklearn.metrics import average_precision_score  # only training imports scikit-learn
+
+    y_true = np.asarray(y_true).astype(np.int64)
+    present = y_true.sum(0) > 0
+    ap = np.full(y_true.shape[1], np.nan)
+    if present.any():
+        ap[present] = average_precision_score(y_true[:, present], np.asarray(y_score)[:, present], average=None)
+    return ap
+
+
+def mean_average_precision(ap: np.ndarray) -> float | None:
+    """The mAP over the classes that have an AP (absent classes are left out, not counted as 0); None if none has."""
+    ap = np.asarray(ap, dtype=np.float64)
+    return float(np.nanmean(ap)) if not np.isnan(ap).all() else None
+
+
+def checkpoint_score(mean_loss: float, mask_scores: dict[str, float], kind: str) -> float:
+    """The score that picks snapshots (TRAIN.SNAPSHOT_SCORE ``kind``): "loss", 1 - mean validation loss (SPEC 7.5);
+    "miou", the mIoU of the validation's final prediction (``MaskScores.summary``; 0 if nothing was scored)."""
+    if kind == "loss":
+        return 1.0 - mean_loss
+    if kind == "miou":
+        return mask_scores.get(SCORED_PRED, 0.0)
+    raise ValueError(f"snapshot score {kind!r}: expected one of {', '.join(SNAPSHOT_SCORES)}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
