@@ -41,7 +41,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if bad:
         raise UserError(f"--thresholds {bad[0]:g} is outside [0, 1], the range of the masks; "
                         "give background scores such as 0.05 0.1 0.15")
-    args.thresholds = sorted(set(args.thresholds))
     return args
 
 
@@ -64,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cfg, model, device, items = load_model_and_list(args)
     n = cfg.TEST.NUM_CLASSES  # the dataset's (load_model_and_list checks it)
-    thresholds = np.asarray(args.thresholds)
+    thresholds = np.asarray(sorted(set(args.thresholds)))  # each once, ascending
     confs: dict[str, np.ndarray] = {}
     maps: dict[str, list] = {k: [] for k in KINDS}  # --png: (image id, best score, its class) until t is known
     for name, gt, labels, out in labelled_outputs(model, items, device, desc="CAM sweep", num_classes=n):

@@ -22,22 +22,20 @@ from tqdm import tqdm
 from datasets.info import DATASETS, get_dataset
 from datasets.pascal_voc import read_file_list
 from datasets.voc import NUM_CLASSES, labels_from_mask, normalize_np
-from models import build_model
-from models.weights import load_snapshot
-from utils.config import AttrDict, load_cfg
+from models import load_trained_model
+from utils.config import AttrDict
 from utils.errors import UserError
-from utils.opts import select_device
+from utils.run_setup import add_cfg_args, add_device_arg, load_run_cfg, select_device
 
 
 def add_model_list_args(p: argparse.ArgumentParser, out_help: str) -> None:
     """The options every labelled-list tool shares: the model (config, overrides, snapshot), the list, the output."""
-    p.add_argument("--cfg", required=True, help="YAML config the model was trained with")
-    p.add_argument("--set", dest="set_cfgs", nargs="+", default=[], metavar="KEY VALUE", help="config overrides")
+    add_cfg_args(p, cfg_help="YAML config the model was trained with")
     p.add_argument("--snapshot", required=True, help="model_enc_*.pth file")
     p.add_argument("--root", required=True, help="data root the list paths are relative to")
     p.add_argument("--list", required=True, help="file list with image and mask columns")
     p.add_argument("--out", required=True, help=out_help)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run")
+    add_device_arg(p)
     p.add_argument("--dataset", default="pascal_voc", help=f"dataset of the list: {', '.join(DATASETS)}")
 
 
@@ -45,13 +43,11 @@ def load_model_and_list(args: argparse.Namespace) -> tuple[AttrDict, torch.nn.Mo
                                                             list[tuple[str, str]]]:
     """The config, the snapshot's model in eval mode on the chosen device, and the (image, mask) paths of the list;
     the config's TEST.NUM_CLASSES is checked to be the --dataset's."""
-    cfg = load_cfg(args.cfg, args.set_cfgs)
-    cfg.NET.FROM_SCRATCH = True  # the snapshot overwrites every weight
+    cfg = load_run_cfg(args)
     get_dataset(args.dataset).check_num_classes(cfg)
     device = select_device(args.device)
     items = read_file_list(args.list, args.root, need_masks=True)
-    model = build_model(cfg.NET, num_classes=cfg.TEST.NUM_CLASSES)
-    load_snapshot(model, args.snapshot)
+    model = load_trained_model(cfg.NET, cfg.TEST.NUM_CLASSES, args.snapshot)
     return cfg, model.to(device).eval(), device, items
 
 
