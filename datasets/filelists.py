@@ -17,6 +17,16 @@ from utils.errors import UserError
 MAX_REPORTED = 20  # missing files listed in one error before "and N more"
 # what PIL raises for a truncated or otherwise broken file
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+ON_CORRUPT = ("stop", "skip")  # TRAIN.ON_CORRUPT: a file that turns out corrupt during a run stops it, or is left out
+
+
+def on_corrupt_problem(value: str) -> str | None:
+    """Why TRAIN.ON_CORRUPT ``value`` is not valid, or None. The entry points check it before a run; the datasets
+    then stop on a corrupt file unless it is "skip"."""
+    if value in ON_CORRUPT:
+        return None
+    return (f"config key TRAIN.ON_CORRUPT is {value!r}; use 'stop' (a corrupt image stops the run) or 'skip' (it is "
+            "left out with a warning)")
 
 
 def scan_file_list(list_path: str, root: str, need_masks: bool

@@ -50,8 +50,6 @@ class VOCSegmentation(Dataset):
         self.items = read_file_list(self.list_path, self.root, need_masks=True)
         self.transform = build_transform(cfg.DATASET, augment)
         self.on_corrupt = cfg.TRAIN.ON_CORRUPT
-        if self.on_corrupt not in ("stop", "skip"):
-            raise UserError(f"config key TRAIN.ON_CORRUPT is {self.on_corrupt!r}; use 'stop' or 'skip'")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -59,7 +57,7 @@ class VOCSegmentation(Dataset):
     def _bad(self, path: str, reason: str) -> None:
         msg = (f"cannot use {path} ({reason}); replace the file or remove it from {self.list_path}, "
                f"or set TRAIN.ON_CORRUPT skip to leave it out")
-        if self.on_corrupt == "stop":
+        if self.on_corrupt != "skip":
             raise UserError(msg)
         warnings.warn(f"skipping {path}: {reason}", stacklevel=2)
 

@@ -37,7 +37,7 @@ def _setup(model_name: str):
 
 def _steps(model, optimizer, cfg, ctx, image, labels, net=None):
     from losses import get_criterion
-    from train import train_iteration
+    from utils.training import train_iteration
 
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     logs = []

@@ -1,5 +1,6 @@
 """The set-up every entry point shares (utils/run_setup.py): --cfg/--set parsed the same way by the scripts and the
-tools, the config frozen after the merge, and the problem collector."""
+tools, the config frozen after the merge, the problem collector, and the checks written once (TRAIN.ON_CORRUPT, a
+training split smaller than the batch)."""
 from __future__ import annotations
 
 import copy
@@ -7,9 +8,12 @@ import os
 
 import pytest
 
+from datasets.filelists import on_corrupt_problem
 from tools import eval_cam, eval_pseudo
+from utils.config import get_cfg_defaults
 from utils.errors import UserError
 from utils.run_setup import Problems, get_arg_parser, load_run_cfg
+from utils.training import check_split_size
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "voc_resnet38.yaml")
@@ -60,3 +64,17 @@ def test_problems_are_collected_one_line_each():
     assert str(e.value).splitlines() == problems.lines
     assert Problems(["copied"]).lines == ["copied"]
     Problems().raise_if_any()  # nothing found, nothing raised
+
+
+def test_checks_written_once_name_the_key_and_the_fix(tmp_path):
+    assert on_corrupt_problem("stop") is None and on_corrupt_problem("skip") is None
+    assert on_corrupt_problem("ignore") == ("config key TRAIN.ON_CORRUPT is 'ignore'; use 'stop' (a corrupt image "
+                                            "stops the run) or 'skip' (it is left out with a warning)")
+    (tmp_path / "train.txt").write_text("a.jpg a.png\nb.jpg b.png\nc.jpg c.png\n")
+    cfg = get_cfg_defaults()
+    cfg.DATASET.ROOT, cfg.DATASET.TRAIN_LIST, cfg.TRAIN.BATCH_SIZE = str(tmp_path), "train.txt", 3
+    assert check_split_size(cfg) is None
+    cfg.TRAIN.BATCH_SIZE = 4  # the last, short batch is dropped: nothing would be left
+    assert check_split_size(cfg) == (
+        f"split train ({tmp_path}/train.txt) has 3 images, fewer than the batch size 4, so no batch would be left; "
+        "lower TRAIN.BATCH_SIZE or add images")
