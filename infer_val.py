@@ -20,7 +20,6 @@ images r, r + N, ... of the list and writes their files; rank 0 prints the summa
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 import time
@@ -30,26 +29,28 @@ import torch
 from tqdm import tqdm
 
 from datasets.checks import CHECK_THREADS, check_file_list
-from datasets.filelists import IMAGE_ERRORS, load_image
-from datasets.pascal_voc_ms import (MAX_REPORTED, build_inference_dataset, check_batch_size, check_sizes,
-                                    get_inference_loader, read_inference_items)
+from datasets.filelists import IMAGE_ERRORS, load_image, on_corrupt_problem
 from datasets.info import get_dataset
-from models import build_model
-from models.weights import load_snapshot
-from utils.config import INFER_RANGES, load_cfg, range_problems
+from datasets.pascal_voc_ms import (MAX_REPORTED, build_inference_dataset, check_batch_size, check_sizes,
+                                    get_inference_loader, num_variants, read_inference_items)
+from models import load_trained_model
+from utils.config import INFER_RANGES, AttrDict, range_problems
 from utils.dcrf import CRFParams, require_pydensecrf
+from utils.dist import DistContext, all_reduce_sum, init_distributed, shutdown
 from utils.errors import UserError, run_main
 from utils.fileio import check_writable_dir, dir_problem
 from utils.inference_tools import (WriterOptions, WriterPool, class_presence, merge_crops, merge_multiscale,
                                    write_outputs)
-from utils.opts import get_arg_parser, resolve_dirs, select_device
+from utils.run_setup import (Problems, RunDirs, get_arg_parser, load_run_cfg, main_prints_only, resolve_dirs,
+                             select_device)
 
 ETA_EVERY = 100  # images between "Finish time" lines, as the original
 
 
 def get_parser() -> argparse.ArgumentParser:
-    """The shared parser of train.py and infer_val.py, extended with the inference-only options."""
-    p = get_arg_parser("Model Evaluation")
+    """The parser shared with train.py (SPEC 2.4; --random-seed is accepted but, unused here, not listed),
+    extended with the inference-only options."""
+    p = get_arg_parser("Model Evaluation", hidden=("--random-seed",))
     g = p.add_argument_group("inference outputs")
     g.add_argument("--palette", action="store_true",
                    help="also save VOC-palette PNGs (mode P) under <out>/palette/, for the VOC evaluation server")
@@ -66,11 +67,11 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def snapshot_path(args: argparse.Namespace) -> str:
-    if not args.resume:
+def snapshot_path(resume: str | None, snapshot_dir: str) -> str:
+    if not resume:
         raise UserError("--resume is required: it names the snapshot <snapshot-dir>/<dataset>/<exp>/<run>/"
                         "model_enc_<resume>.pth to load (e.g. --resume e020Xs0.928)")
-    path = os.path.join(args.snapshot_dir, f"model_enc_{args.resume}.pth")
+    path = os.path.join(snapshot_dir, f"model_enc_{resume}.pth")
     if not os.path.isfile(path):
         raise UserError(f"snapshot {path} not found; check --snapshot-dir, --dataset, --exp, --run and --resume "
                         "(inference never runs with an untrained head)")
@@ -83,10 +84,7 @@ def build_inference_model(cfg, snapshot: str, device: torch.device, channels_las
     ``channels_last`` stores activations as NHWC, which oneDNN/cuDNN convolve faster (about 1.6x for ResNet-18 on
     CPU, see bench/infer.py); the outputs differ from the contiguous format by float rounding only.
     """
-    net_cfg = copy.deepcopy(cfg.NET)
-    net_cfg.FROM_SCRATCH = True  # the snapshot overwrites every tensor the init file would have set
-    model = build_model(net_cfg, num_classes=cfg.TEST.NUM_CLASSES)
-    load_snapshot(model, snapshot)
+    model = load_trained_model(cfg.NET, cfg.TEST.NUM_CLASSES, snapshot)
     for p in model.parameters():
         p.requires_grad_(False)
     model = model.eval().to(device)
@@ -134,88 +132,60 @@ def predict(model: torch.nn.Module, batch: dict, test_cfg, device: torch.device,
     return merge_crops(probs, pads, labels, test_cfg.FLIP, size)
 
 
-def _dist_rank_world() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) for a plain run."""
-    env = os.environ
-    return int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0"))
-
-
-def _collect(problems: list[str], check, *args):
-    """Run one up-front check, keeping its problems (so that --check reports them all at once)."""
-    try:
-        return check(*args)
-    except UserError as e:
-        problems.extend(str(e).splitlines())
-        return None
-
-
-def preflight(args: argparse.Namespace, cfg, writer_opts: WriterOptions, device: torch.device, decode: bool
-              ) -> tuple[list, str, torch.nn.Module]:
-    """Every check before a file is written, all problems at once (UserError, one line each): options, config
-    values, pydensecrf, the listed files (each decoded with ``decode``), the snapshot and the model it loads into,
-    the output directories (checked, not created). Returns the items, the snapshot path and the model."""
-    problems: list[str] = []
+def preflight(args: argparse.Namespace, dirs: RunDirs, cfg: AttrDict, writer_opts: WriterOptions,
+              device: torch.device, decode: bool) -> tuple[list, str, torch.nn.Module]:
+    """Every check before a file is written, for --check and the run alike, all problems at once (UserError, one
+    line each): options, config values, pydensecrf, the listed files (each decoded when ``decode``), the snapshot
+    and the model it loads into, the output directories (checked, not created). Returns the items, the snapshot
+    path and the model."""
+    problems = Problems()
     if args.workers < 0:
-        problems.append(f"--workers {args.workers} must be >= 0 (0 runs the data loading and writing inline)")
+        problems.add(f"--workers {args.workers} must be >= 0 (0 runs the data loading and writing inline)")
     # the model's outputs are the dataset's classes
-    _collect(problems, lambda: get_dataset(args.dataset).check_num_classes(cfg))
-    problems += range_problems(cfg, INFER_RANGES)
+    problems.collect(lambda: get_dataset(args.dataset).check_num_classes(cfg))
+    problems.extend(range_problems(cfg, INFER_RANGES))
     values_ok = not problems  # the scales and canvas checks need sound values
+    problems.add(on_corrupt_problem(cfg.TRAIN.ON_CORRUPT))
     if values_ok:
-        _collect(problems, check_batch_size, cfg.TEST)
+        problems.collect(check_batch_size, cfg.TEST)
     if writer_opts.crf is not None:
-        _collect(problems, writer_opts.crf.check)
-        _collect(problems, require_pydensecrf)
-    if decode:
-        items, found = checked_items(args.infer_list, cfg.TEST.DATA_ROOT, cfg.TEST.NUM_CLASSES)
-    else:  # TRAIN.ON_CORRUPT skip: the loader leaves corrupt images out
-        found = []
-        items = _collect(found, read_inference_items, args.infer_list, cfg.TEST.DATA_ROOT)
+        problems.collect(writer_opts.crf.check)
+        problems.collect(require_pydensecrf)
+    items, found = checked_items(args.infer_list, cfg.TEST.DATA_ROOT, cfg.TEST.NUM_CLASSES, decode)
     problems.extend(found)
     if items is not None:
         if values_ok and not found:
-            _collect(problems, check_sizes, items, cfg.TEST, args.tight_canvas)
+            problems.collect(check_sizes, items, cfg.TEST, args.tight_canvas)
         if cfg.TEST.USE_GT_LABELS and any(m is None for _, m in items):
-            problems.append(_no_gt_message(args.infer_list))
-    snapshot = _collect(problems, snapshot_path, args)
+            problems.add(_no_gt_message(args.infer_list))
+    snapshot = problems.collect(snapshot_path, args.resume, dirs.snapshot_dir)
     model = None
     if snapshot is not None:
-        model = _collect(problems, build_inference_model, cfg, snapshot, device, args.channels_last)
-    for d, what in ((args.mask_output_dir, "--mask-output-dir"), (args.logdir, "run directory (--logdir)"),
-                    (args.snapshot_dir, "run directory (--snapshot-dir)")):
-        problem = dir_problem(d, what)
-        if problem:
-            problems.append(problem)
-    if problems:
-        raise UserError("\n".join(problems))
+        model = problems.collect(build_inference_model, cfg, snapshot, device, args.channels_last)
+    problems.add(dir_problem(args.mask_output_dir, "--mask-output-dir"))
+    problems.extend(dirs.problems())
+    problems.raise_if_any()
     return items, snapshot, model
 
 
-def check_only(args: argparse.Namespace, cfg, writer_opts: WriterOptions) -> None:
-    """--check: the config, every listed file (decoded), the snapshot, pydensecrf and the output directory; nothing
-    is created."""
-    items, snapshot, _ = preflight(args, cfg, writer_opts, torch.device("cpu"), decode=True)
-    print(f"check passed: {len(items)} images in {args.infer_list}, snapshot {snapshot}, "
-          f"output directory {args.mask_output_dir}")
-
-
-def checked_items(infer_list: str, data_root: str, num_classes: int) -> tuple[list | None, list[str]]:
-    """(the images to infer or None, every problem of the listed files), each file decoded once.
+def checked_items(infer_list: str, data_root: str, num_classes: int, decode: bool) -> tuple[list | None, list[str]]:
+    """(the images to infer or None, every problem of the listed files), with ``decode`` each file decoded once.
 
     A file list is checked first (every line: the image exists and decodes, a mask is a valid PNG of
-    0..num_classes-1 and 255 of the image's size), so that one missing file does not hide the others' problems; the items are read
-    only when it found none. A folder's images are decoded.
+    0..num_classes-1 and 255 of the image's size), so that one missing file does not hide the others' problems; the
+    items are read only when it found none. A folder's images are decoded. Without ``decode`` (TRAIN.ON_CORRUPT
+    skip: the loader leaves corrupt images out) the list is only read.
     """
-    if os.path.isfile(infer_list):
+    if decode and os.path.isfile(infer_list):
         found = check_file_list(infer_list, data_root, need_masks=False, limit=MAX_REPORTED,
                                 num_classes=num_classes)
         if found:
             return None, found
-    problems: list[str] = []
-    items = _collect(problems, read_inference_items, infer_list, data_root)
-    if items is not None and os.path.isdir(infer_list):
+    problems = Problems()
+    items = problems.collect(read_inference_items, infer_list, data_root)
+    if decode and items is not None and os.path.isdir(infer_list):
         problems.extend(_decode_problems(items))
-    return items, problems
+    return items, problems.lines
 
 
 def _decode_problem(path: str) -> str | None:
@@ -240,74 +210,72 @@ def _no_gt_message(infer_list: str) -> str:
             "set TEST.USE_GT_LABELS False or give a list with '<image> <mask>' lines")
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = get_parser().parse_args(argv)
-    cfg = load_cfg(args.cfg_file, args.set_cfgs)
-    resolve_dirs(args, create=False)
-    rank, world, local_rank = _dist_rank_world()
-    device = select_device(args.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    configure_backends()
-    torch.set_num_threads(max(1, args.workers))
-    crf = None if args.no_crf else CRFParams.from_cfg(cfg.MASKS.CRF)
-    writer_opts = WriterOptions(args.mask_output_dir, crf, palette=args.palette, save_probs=args.save_probs)
-    if args.check:
-        check_only(args, cfg, writer_opts)
-        return
-
-    # everything that can be checked before a single file is written; with TRAIN.ON_CORRUPT stop every listed
-    # file is decoded now, not when the loader reaches it
-    items, _, model = preflight(args, cfg, writer_opts, device, decode=cfg.TRAIN.ON_CORRUPT == "stop")
-    n_variants = check_batch_size(cfg.TEST)
-    for d in writer_opts.dirs():
-        check_writable_dir(d, "--mask-output-dir")
-    for d in (args.logdir, args.snapshot_dir):  # the original creates the run's directories
-        check_writable_dir(d, "run directory")
-    if rank == 0:
-        print(f"Inference batch size: {n_variants}")
-
-    mine = items[rank::world]  # image i goes to rank i % world
-    dataset = build_inference_dataset(mine, cfg.TEST, tight=args.tight_canvas, on_corrupt=cfg.TRAIN.ON_CORRUPT)
+def run_inference(model: torch.nn.Module, items: list, args: argparse.Namespace, cfg: AttrDict, ctx: DistContext,
+                  writer_opts: WriterOptions) -> tuple[int, int, float]:
+    """This process's images through the model, their files written by the writer pool; (images done, images
+    skipped as corrupt, seconds)."""
+    dataset = build_inference_dataset(items, cfg.TEST, tight=args.tight_canvas, on_corrupt=cfg.TRAIN.ON_CORRUPT)
     loader = get_inference_loader(dataset, args.workers)
     pool = WriterPool(args.workers)
     done = skipped = 0
     start = time.time()
     try:
-        with tqdm(total=len(mine), desc="inference", unit="img", disable=None if rank == 0 else True,
+        with tqdm(total=len(items), desc="inference", unit="img", disable=None if ctx.is_main else True,
                   file=sys.stderr, mininterval=1.0) as bar:
             for batch in loader:
                 if batch is None:  # a corrupt image, skipped with a warning (TRAIN.ON_CORRUPT skip)
                     skipped += 1
                 else:
-                    probs = predict(model, batch, cfg.TEST, device, args.channels_last).cpu().numpy()  # [C, H, W]
+                    probs = predict(model, batch, cfg.TEST, ctx.device, args.channels_last).cpu().numpy()  # [C,H,W]
                     pool.submit(batch["id"], write_outputs, probs, batch["image"], batch["mask"], writer_opts)
                     done += 1
                 bar.update(1)
-                if rank == 0 and (done + skipped) % ETA_EVERY == 0:
-                    eta = start + (time.time() - start) * len(mine) / (done + skipped)
+                if (done + skipped) % ETA_EVERY == 0:
+                    eta = start + (time.time() - start) * len(items) / (done + skipped)
                     print(f"Finish time: {time.ctime(eta)}", flush=True)
         pool.join()
     finally:
         pool.close(cancel=True)
-    elapsed = time.time() - start
-    if world > 1:
-        done, skipped = _sum_over_ranks(done, skipped)
-    if rank == 0:
-        rate = done / elapsed if elapsed > 0 else float("nan")
-        print(f"Inference done: {done} images ({skipped} skipped) in {elapsed:.1f} s ({rate:.2f} images/s, "
-              f"{world} process{'es' if world > 1 else ''}); masks in {args.mask_output_dir}", flush=True)
+    return done, skipped, time.time() - start
 
 
-def _sum_over_ranks(*counts: int) -> list[int]:
-    import torch.distributed as dist
+def infer(args: argparse.Namespace, cfg: AttrDict, dirs: RunDirs, ctx: DistContext) -> None:
+    """The checks (all of them, for --check too), then this process's share of the images: image i goes to rank
+    i % world size; rank 0 prints the summary."""
+    configure_backends()
+    torch.set_num_threads(max(1, args.workers))
+    crf = None if args.no_crf else CRFParams.from_cfg(cfg.MASKS.CRF)
+    writer_opts = WriterOptions(args.mask_output_dir, crf, palette=args.palette, save_probs=args.save_probs)
+    # --check, and a run with TRAIN.ON_CORRUPT stop, decode every listed file now, not when the loader reaches it
+    device = torch.device("cpu") if args.check else ctx.device
+    items, snapshot, model = preflight(args, dirs, cfg, writer_opts, device,
+                                       decode=args.check or cfg.TRAIN.ON_CORRUPT == "stop")
+    if args.check:
+        print(f"check passed: {len(items)} images in {args.infer_list}, snapshot {snapshot}, "
+              f"output directory {args.mask_output_dir}")
+        return
+    for d in writer_opts.dirs():
+        check_writable_dir(d, "--mask-output-dir")
+    dirs.make()  # SPEC 2.4: inference creates the run's directories too
+    print(f"Inference batch size: {num_variants(cfg.TEST)}")
+    done, skipped, elapsed = run_inference(model, items[ctx.rank::ctx.world_size], args, cfg, ctx, writer_opts)
+    if ctx.distributed:
+        done, skipped = all_reduce_sum(torch.tensor([done, skipped]), ctx).tolist()
+    rate = done / elapsed if elapsed > 0 else float("nan")
+    print(f"Inference done: {done} images ({skipped} skipped) in {elapsed:.1f} s ({rate:.2f} images/s, "
+          f"{ctx.world_size} process{'es' if ctx.world_size > 1 else ''}); masks in {args.mask_output_dir}", flush=True)
 
-    dist.init_process_group("gloo")  # torchrun's MASTER_ADDR/PORT, RANK, WORLD_SIZE
-    t = torch.tensor(counts, dtype=torch.int64)
-    dist.all_reduce(t)
-    dist.destroy_process_group()
-    return t.tolist()
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_parser().parse_args(argv)
+    cfg = load_run_cfg(args)
+    dirs = resolve_dirs(args)
+    ctx = init_distributed(select_device(args.device))
+    try:
+        with main_prints_only(ctx):
+            infer(args, cfg, dirs, ctx)
+    finally:
+        shutdown(ctx)
 
 
 if __name__ == "__main__":

@@ -144,8 +144,6 @@ class _InferenceDataset(Dataset):
         self.items = list(items)
         self.cfg = test_cfg
         self.batch_size = check_batch_size(test_cfg)
-        if on_corrupt not in ("stop", "skip"):
-            raise UserError(f"config key TRAIN.ON_CORRUPT is {on_corrupt!r}; use 'stop' or 'skip'")
         self.on_corrupt = on_corrupt
         self._cached: tuple[int, Any] | None = None  # (image index, loaded image) of the last item, per worker
 
@@ -153,7 +151,7 @@ class _InferenceDataset(Dataset):
         return self.batch_size * len(self.items)
 
     def _bad(self, path: str, reason: str) -> None:
-        if self.on_corrupt == "stop":
+        if self.on_corrupt != "skip":
             raise UserError(f"cannot use {path} ({reason}); replace the file or remove it from --infer-list, "
                             "or set TRAIN.ON_CORRUPT skip to leave it out")
         warnings.warn(f"skipping {path}: {reason}", stacklevel=3)

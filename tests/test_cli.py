@@ -17,7 +17,7 @@ from PIL import Image
 from tests.helpers import (CONFIG, EXIT_USER_ERROR, PYTHON, ROOT, SNAPSHOT_SUFFIX, TINY_INFER_SET, TINY_TRAIN_SET,
                            copy_tree, describe, files_under, run_script, save_model_snapshot, stderr_lines, truncate)
 from utils.errors import UserError
-from utils.opts import get_arg_parser, resolve_dirs
+from utils.run_setup import get_arg_parser, resolve_dirs
 
 # SPEC 2.4: flag -> (dest, default) of the parser shared by train.py and infer_val.py (--cfg is required)
 ORIGINAL_FLAGS = {
@@ -44,10 +44,12 @@ EVAL_FLAGS = {
     "--log-scores": ("log_scores", "./scores.log"),
 }
 TRAIN_INFER_FLAGS = {**ORIGINAL_FLAGS, **NEW_FLAGS}
+# inference reads every original flag but the seed, which it accepts without listing it
+UNREAD_BY_INFERENCE = ("--random-seed",)
 # every script a user runs -> (module, the flags its -h must list)
 SCRIPTS = {
     "train.py": ("train", TRAIN_INFER_FLAGS),
-    "infer_val.py": ("infer_val", TRAIN_INFER_FLAGS),
+    "infer_val.py": ("infer_val", {k: v for k, v in TRAIN_INFER_FLAGS.items() if k not in UNREAD_BY_INFERENCE}),
     "eval_seg.py": ("eval_seg", {**EVAL_FLAGS, "--dataset": ("dataset", "pascal_voc")}),
     "tools/check_data.py": ("tools.check_data", {"--root": None, "--list": None, "--no-masks": None, "--limit": None,
                                                  "--dataset": ("dataset", "pascal_voc")}),
@@ -127,6 +129,15 @@ def test_train_and_infer_share_the_original_parser(monkeypatch):
         assert args.set_cfgs == ["NET.LR", "0.1", "TRAIN.BATCH_SIZE", "4"] and args.cfg_file == "c.yaml"
         with pytest.raises(SystemExit):
             parser.parse_args(["--dataset", "pascal_voc"])  # no --cfg
+        # inference does not read the seed but accepts it, as the original's shared parser
+        assert parser.parse_args(["--cfg", "c.yaml", "--random-seed", "3"]).random_seed == 3
+
+
+def test_infer_help_lists_only_what_inference_reads():
+    proc = run_script("infer_val.py", "-h")
+    assert proc.returncode == 0, describe(proc)
+    for flag in UNREAD_BY_INFERENCE:
+        assert flag not in proc.stdout
 
 
 # ------------------------------------------------------------------------------------------ directory conventions
@@ -134,13 +145,16 @@ def test_train_and_infer_share_the_original_parser(monkeypatch):
 def test_resolve_dirs_makes_the_originals_run_directories(tmp_path):
     args = get_arg_parser().parse_args(["--cfg", "x.yaml", "--dataset", "pascal_voc", "--exp", "v01", "--run", "r07",
                                         "--logdir", str(tmp_path / "logs"), "--snapshot-dir", str(tmp_path / "snaps")])
-    resolve_dirs(args)
-    assert args.logdir == str(tmp_path / "logs" / "pascal_voc" / "v01" / "r07")
-    assert args.snapshot_dir == str(tmp_path / "snaps" / "pascal_voc" / "v01" / "r07")
+    dirs = resolve_dirs(args)
+    assert dirs.logdir == str(tmp_path / "logs" / "pascal_voc" / "v01" / "r07")
+    assert dirs.snapshot_dir == str(tmp_path / "snaps" / "pascal_voc" / "v01" / "r07")
     # shared by every run of the experiment (computed from the base --logdir)
-    assert args.fixed_batch_path == str(tmp_path / "logs" / "pascal_voc" / "v01" / "fixed_batch.pt")
-    assert os.path.isdir(args.logdir) and os.path.isdir(args.snapshot_dir)
-    defaults = resolve_dirs(get_arg_parser().parse_args(["--cfg", "x", "--dataset", "d", "--run", "r"]), create=False)
+    assert dirs.fixed_batch_path == str(tmp_path / "logs" / "pascal_voc" / "v01" / "fixed_batch.pt")
+    assert args.logdir == str(tmp_path / "logs")  # the parsed arguments stay as given
+    assert os.listdir(tmp_path) == []  # nothing is created until the run's checks passed
+    dirs.make()
+    assert os.path.isdir(dirs.logdir) and os.path.isdir(dirs.snapshot_dir)
+    defaults = resolve_dirs(get_arg_parser().parse_args(["--cfg", "x", "--dataset", "d", "--run", "r"]))
     assert (defaults.logdir, defaults.snapshot_dir) == ("./logs/d/main/r", "./snapshots/d/main/r")
 
 

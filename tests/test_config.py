@@ -8,7 +8,7 @@ import pytest
 
 from utils.config import cfg_to_yaml, get_cfg_defaults, load_cfg, merge_from_file, merge_from_list
 from utils.errors import UserError
-from utils.opts import get_arg_parser
+from utils.run_setup import get_arg_parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

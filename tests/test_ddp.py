@@ -19,7 +19,7 @@ BATCH, SIZE, EPOCH = 4, 32, 5  # epoch >= TRAIN.PRETRAIN: the mask loss is part 
 def _setup(model_name: str):
     from models import build_model
     from utils.config import load_cfg
-    from utils.opts import set_seed
+    from utils.run_setup import set_seed
 
     cfg = load_cfg("configs/voc_resnet38.yaml", TINY_SETS + ["NET.MODEL", model_name, "TRAIN.PRETRAIN", "5"])
     set_seed(0)

@@ -18,6 +18,7 @@ from datasets.voc import PALETTE, PALETTE_FLAT
 from models import build_model
 from utils.config import get_cfg_defaults, load_cfg
 from utils.dcrf import CRFParams, dense_crf
+from utils.dist import DistContext
 from utils.errors import UserError
 from utils.inference_tools import (WriterOptions, class_presence, crf_image, image_01, merge_crops,
                                    merge_multiscale, write_outputs)
@@ -403,11 +404,11 @@ def test_cli_error_is_one_line_with_exit_status_2(setup, synthetic_root, tmp_pat
 
 def test_torchrun_ranks_take_disjoint_parts_of_the_list(setup, synthetic_root, tmp_path, monkeypatch, capsys):
     base, cfgs = setup
-    monkeypatch.setattr(infer_val, "_sum_over_ranks", lambda *counts: [3 * c for c in counts])  # 3 ranks alike
+    monkeypatch.setattr(infer_val, "all_reduce_sum", lambda counts, ctx: 3 * counts)  # 3 ranks alike
     out = tmp_path / "o"
-    monkeypatch.setenv("WORLD_SIZE", "3")
     for rank in (1, 0):
-        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setattr(infer_val, "init_distributed",
+                            lambda device, rank=rank: DistContext(device, rank=rank, world_size=3, distributed=True))
         infer_val.main(_args(base, cfgs["ae"], "ae", os.path.join(synthetic_root, "val_voc.txt"), str(out / str(rank)),
                              synthetic_root, "--no-crf"))
     assert [f for f in _files(out / "1") if "/" not in f] == ["val_000001.png", "val_000004.png"]
