@@ -1,8 +1,8 @@
-"""Configuration: the original's keys and defaults, YAML merge and ``--set`` overrides.
+"""Configuration: the keys and defaults of SPEC 2.2, YAML merge and ``--set`` overrides.
 
 The config is a value: ``get_cfg_defaults()`` returns a fresh copy of the defaults, the merge
 functions update it, the entry points freeze it after the merge (utils/run_setup.py), and the result
-is passed to the code that needs it. The merge rules are the original's: every key must already
+is passed to the code that needs it. The merge rules are those of SPEC 2.1: every key must already
 exist; string values go through ``ast.literal_eval`` (so ``"1e-5"`` becomes a float and ``bsl``
 stays a string); a value must have the default's type, except that lists and tuples convert into
 each other, strings accept anything (``str(v)``) and numpy arrays take the default's dtype. A
@@ -77,18 +77,18 @@ _DEFAULTS = {
         "NUM_WORKERS": 4,
         "MASK_LOSS": 0.0,
         "PRETRAIN": 5,
-        # --- additions (the original's behaviour is the default) ---
-        # validate on un-augmented val images (the original validates on random crops/flips/jitter)
+        # --- additions (each default keeps the behaviour of SPEC 7) ---
+        # validate on un-augmented val images (False: random crops/flips/jitter, SPEC 7.5)
         "DETERMINISTIC_VAL": False,
-        # mixed precision: "" (off, as the original), "bf16" or "fp16" (with a grad scaler)
+        # mixed precision: "" (off), "bf16" or "fp16" (with a grad scaler)
         "AMP": "",
         # what to do with an image that turns out unreadable during a run: "stop" or "skip"
         "ON_CORRUPT": "stop",
-        # validate every N epochs (the original: 2)
+        # validate every N epochs (SPEC 7.2: 2)
         "VAL_EVERY": 2,
-        # run the train_voc monitoring pass in validation epochs (the original: True)
+        # run the train_voc monitoring pass in validation epochs (SPEC 7.2: True)
         "VAL_TRAIN_VOC": True,
-        # stop each epoch after this many iterations (0 = whole epoch, as the original)
+        # stop each epoch after this many iterations (0 = whole epoch)
         "MAX_ITERS": 0,
         # channels_last memory format for the network (speed on GPU and modern CPUs)
         "CHANNELS_LAST": False,
@@ -97,7 +97,7 @@ _DEFAULTS = {
         # train the segmentation head on the GT masks instead of pseudo labels: a fully supervised reference
         # for the same network (the demo's upper bound; not the paper's method)
         "FULLY_SUPERVISED": False,
-        # what picks the snapshots: "loss" (1 - mean validation loss, the original's) or "miou" (mIoU of the
+        # what picks the snapshots: "loss" (1 - mean validation loss, SPEC 7.5) or "miou" (mIoU of the
         # validation's single-scale final prediction over the classes present)
         "SNAPSHOT_SCORE": "loss",
         # also write every iteration's losses to TensorBoard (train writer, tags train_iter/<loss>)
@@ -123,7 +123,7 @@ _DEFAULTS = {
         "SCALE_TO": 1.0,
         "PATH": "data/images",
         # --- additions ---
-        # root of the training file lists and the paths in them (the original hard-codes ./data)
+        # root of the training file lists and the paths in them (SPEC 3.1: ./data)
         "ROOT": "./data",
         # names of the training / monitoring / validation lists under ROOT
         "TRAIN_LIST": "train_augvoc.txt",
@@ -153,7 +153,7 @@ _DEFAULTS = {
         # --- additions ---
         # train the backbone from random initialisation (no ImageNet file needed)
         "FROM_SCRATCH": False,
-        # channels of the single-stage head (ASPP, decoder, GCI): 256 as the original; the skip branch gets 48/256
+        # channels of the single-stage head (ASPP, decoder, GCI): 256 as in SPEC 5.3-5.5; the skip branch gets 48/256
         # of them. Smaller heads are for CPU work with the light backbone (the synthetic demo)
         "HEAD_WIDTH": 256,
         # channels of the first stage of the light resnet18 (64 as torchvision's; the stages have 1, 2, 4, 8 times)
@@ -163,7 +163,7 @@ _DEFAULTS = {
         "CRF": {
             "ALPHA_LOW": 4,
             "ALPHA_HIGH": 32,
-            # --- additions: dense CRF parameters (the original's hard-coded values) ---
+            # --- additions: dense CRF parameters (defaults: the fixed values of SPEC 8.6) ---
             "ITER": 10,
             "POS_XY_STD": 3,
             "POS_W": 3,
@@ -184,7 +184,7 @@ def get_cfg_defaults() -> AttrDict:
 
 
 def _decode(value: Any) -> Any:
-    """The original's rule: strings go through literal_eval and stay strings if that fails."""
+    """Strings go through literal_eval and stay strings if that fails (SPEC 2.1)."""
     if isinstance(value, dict):
         return _to_attr(value)
     if not isinstance(value, str):
