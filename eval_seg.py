@@ -3,9 +3,9 @@
     python eval_seg.py --data ./data --filelist data/val_voc.txt --masks results/pascal_voc/exp/run/val_voc
     python eval_seg.py --dataset coco --data data/coco --filelist data/coco/val_coco.txt --masks results/coco/val
 
-stdout carries the original's report byte for byte: "# of images: N", the per-class table ``Class | # | IoU | Pr |
+stdout carries the report of SPEC 9.2 byte for byte: "# of images: N", the per-class table ``Class | # | IoU | Pr |
 Re`` and the summary lines (20 foreground classes, then under "With background:" the standard 21-class PASCAL VOC
-mIoU). Our lines follow the original's: the mean over the classes present in the GT or the prediction, the count
+mIoU). Three kinds of lines follow: the mean over the classes present in the GT or the prediction, the count
 of prediction pixels without a class, and the problems that --allow-problems let through. --dataset coco scores
 the 81 COCO classes (datasets/info.py) in the same format: 81 table rows, 80 foreground classes, then the 81-class
 mean. The confusion matrix is accumulated over the whole split with GT 255 ignored; a 255 in a prediction (no
@@ -24,9 +24,10 @@ import argparse
 import os
 import re
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from datasets.info import DATASETS, get_dataset
+from datasets.info import DATASETS, DatasetInfo, get_dataset
 from utils.errors import UserError, run_main
 from utils.fileio import check_writable_dir, write_json, write_text
 from utils.mask_eval import (PROBLEM_KINDS, Entry, EvalResult, Problem, default_workers, evaluate, parse_list,
@@ -52,7 +53,7 @@ def get_parser() -> argparse.ArgumentParser:
                    help="HxW: evaluate the GT masks down- then up-sampled through HxW instead of predictions")
     p.add_argument("--log-scores", type=str, default="./scores.log",
                    help="file for the per-class ranking of images by TP - FN - FP")
-    # --- additions ---
+    # --- flags beyond SPEC 9.1 ---
     p.add_argument("--json-out", type=str, default=None,
                    help="JSON results (default <masks>/eval.json; in oracle mode only if given); "
                         "confusion.png and iou.png are written next to it")
@@ -73,14 +74,24 @@ def parse_oracle(text: str) -> tuple[int, int] | None:
     return int(m.group(1)), int(m.group(2))
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """The original's checks, as one-line errors."""
+@dataclass(frozen=True)
+class Setup:
+    """What the arguments resolve to: the dataset scored, the oracle size (None: score --masks) and the JSON path
+    (None: no JSON, the default in oracle mode)."""
+
+    info: DatasetInfo
+    oracle: tuple[int, int] | None
+    json_out: str | None
+
+
+def check_args(args: argparse.Namespace, oracle: tuple[int, int] | None) -> None:
+    """The inputs exist and --workers is positive (SPEC 9.1), each as a one-line error."""
     if not os.path.isdir(args.data):
         raise UserError(f"--data {args.data} is not a directory; pass the root the list's mask paths are "
                         "relative to (e.g. --data ./data)")
     if not os.path.isfile(args.filelist):
         raise UserError(f"--filelist {args.filelist} is not a file; pass a list such as data/val_voc.txt")
-    if args.oracle is None and not os.path.isdir(args.masks):
+    if oracle is None and not os.path.isdir(args.masks):
         raise UserError(f"--masks {args.masks} is not a directory; pass the directory infer_val.py wrote "
                         "(its --mask-output-dir)")
     if args.workers is not None and args.workers < 1:
@@ -102,7 +113,7 @@ def format_problems(problems: list[Problem], num_classes: int) -> list[str]:
 
 
 def format_log_scores(image_scores: list[tuple[int, str, dict[int, int]]], class_names: tuple[str, ...]) -> str:
-    """The original's --log-scores file: per class a header line, then '%05d | <id>' by decreasing score."""
+    """The --log-scores file (SPEC 9.2): per class a header line, then '%05d | <id>' by decreasing score."""
     out = []
     for c, name in enumerate(class_names):
         out.append(name)
@@ -119,24 +130,25 @@ def problem_summary(problems: list[Problem]) -> dict:
             for kind in PROBLEM_KINDS}
 
 
-def write_outputs(args: argparse.Namespace, result: EvalResult, scores: dict, num_listed: int) -> list[str]:
+def write_outputs(args: argparse.Namespace, setup: Setup, result: EvalResult, scores: dict,
+                  num_listed: int) -> list[str]:
     """--log-scores, the figures, and the JSON last (its presence marks a finished evaluation)."""
-    names = args.info.class_names
+    names = setup.info.class_names
     written = [args.log_scores]
     write_text(args.log_scores, format_log_scores(result.image_scores, names))
-    if args.json_out is None:
+    if setup.json_out is None:
         return written
     from utils.figures import save_confusion_figure, save_iou_figure  # matplotlib only when needed
 
-    fig_dir = os.path.dirname(args.json_out)
+    fig_dir = os.path.dirname(setup.json_out)
     save_confusion_figure(result.conf, names, os.path.join(fig_dir, "confusion.png"))
     save_iou_figure(scores["iou"], names, os.path.join(fig_dir, "iou.png"), defined=scores["iou_defined"])
     report = {
         "list": os.path.abspath(args.filelist),
         "data": os.path.abspath(args.data),
-        "masks": None if args.oracle else os.path.abspath(args.masks),
+        "masks": None if setup.oracle else os.path.abspath(args.masks),
         "oracle_from": args.oracle_from,
-        "dataset": args.info.name,
+        "dataset": setup.info.name,
         "num_listed": num_listed,
         "num_images": result.num_images,
         "class_names": list(names),
@@ -147,20 +159,20 @@ def write_outputs(args: argparse.Namespace, result: EvalResult, scores: dict, nu
         "problems": problem_summary(result.problems),
         "log_scores": os.path.abspath(args.log_scores),
     }
-    write_json(args.json_out, report)
-    return written + [os.path.join(fig_dir, "confusion.png"), os.path.join(fig_dir, "iou.png"), args.json_out]
+    write_json(setup.json_out, report)
+    return written + [os.path.join(fig_dir, "confusion.png"), os.path.join(fig_dir, "iou.png"), setup.json_out]
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """The arguments, checked, with the dataset description (``info``), the oracle size (``oracle``) and the
-    default JSON path filled in."""
-    args = get_parser().parse_args(argv)
-    args.oracle = parse_oracle(args.oracle_from)
-    args.info = get_dataset(args.dataset)
-    check_args(args)
-    if args.json_out is None and args.oracle is None:
-        args.json_out = os.path.join(args.masks, "eval.json")
-    return args
+def resolve_setup(args: argparse.Namespace) -> Setup:
+    """The checked arguments' Setup; the JSON goes to <masks>/eval.json unless --json-out names it or the run
+    scores the oracle."""
+    oracle = parse_oracle(args.oracle_from)
+    info = get_dataset(args.dataset)
+    check_args(args, oracle)
+    json_out = args.json_out
+    if json_out is None and oracle is None:
+        json_out = os.path.join(args.masks, "eval.json")
+    return Setup(info=info, oracle=oracle, json_out=json_out)
 
 
 def torchrun_context() -> DistContext | None:
@@ -175,15 +187,16 @@ def torchrun_context() -> DistContext | None:
     return init_distributed(torch.device("cpu"))
 
 
-def evaluate_list(entries: list[Entry], args: argparse.Namespace, ctx: DistContext | None) -> EvalResult | None:
+def evaluate_list(entries: list[Entry], args: argparse.Namespace, setup: Setup,
+                  ctx: DistContext | None) -> EvalResult | None:
     """The whole list's result on rank 0 (None on the other ranks): under torchrun every rank evaluates every
     world_size-th entry and the parts are gathered."""
-    workers, n = args.workers or default_workers(), args.info.num_classes
+    workers, n = args.workers or default_workers(), setup.info.num_classes
     if ctx is None:
-        return evaluate(entries, args.oracle, workers, num_classes=n)
+        return evaluate(entries, setup.oracle, workers, num_classes=n)
     from utils.dist import all_gather_objects, shutdown
 
-    mine = evaluate(entries[ctx.rank::ctx.world_size], args.oracle, workers, ctx.is_main, n)
+    mine = evaluate(entries[ctx.rank::ctx.world_size], setup.oracle, workers, ctx.is_main, n)
     parts = all_gather_objects(mine, ctx)
     shutdown(ctx)
     if not ctx.is_main:
@@ -195,10 +208,10 @@ def evaluate_list(entries: list[Entry], args: argparse.Namespace, ctx: DistConte
     return total
 
 
-def check_problems(result: EvalResult, args: argparse.Namespace, num_listed: int) -> None:
+def check_problems(result: EvalResult, args: argparse.Namespace, num_classes: int, num_listed: int) -> None:
     """Without --allow-problems, problems end the run: listed on stdout, counted in the error; so does a list
     of which no image could be scored."""
-    n = args.info.num_classes
+    n = num_classes
     if result.problems and (not args.allow_problems or result.num_images == 0):
         print("\n".join(format_problems(result.problems, n)), flush=True)
     if result.problems and not args.allow_problems:
@@ -210,34 +223,35 @@ def check_problems(result: EvalResult, args: argparse.Namespace, num_listed: int
         raise UserError(f"no image of --filelist {args.filelist} could be evaluated; see the problems on stdout")
 
 
-def report_lines(result: EvalResult, scores: dict, args: argparse.Namespace) -> list[str]:
-    """The original's lines ("# of images: N", the table, both summaries), then ours: the mean over the classes
+def report_lines(result: EvalResult, scores: dict, info: DatasetInfo) -> list[str]:
+    """The report of SPEC 9.2 ("# of images: N", the table, both summaries), then the mean over the classes
     present, the prediction pixels without a class and the problems that --allow-problems let through."""
-    lines = [f"# of images: {result.num_images}"] + format_scores(scores, args.info.class_names)
+    lines = [f"# of images: {result.num_images}"] + format_scores(scores, info.class_names)
     lines.append(f"Prediction pixels without a class (255): {result.no_class_pixels} "
                  f"({int(result.misses.sum())} on labelled GT pixels, scored as misses)")
     if result.problems:
-        lines += format_problems(result.problems, args.info.num_classes)
+        lines += format_problems(result.problems, info.num_classes)
     return lines
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    entries, line_problems = parse_list(args.filelist, args.data, args.masks, args.info.num_classes)
+    args = get_parser().parse_args(argv)
+    setup = resolve_setup(args)
+    entries, line_problems = parse_list(args.filelist, args.data, args.masks, setup.info.num_classes)
     num_listed = len(entries) + len(line_problems)
     ctx = torchrun_context()
     if ctx is None or ctx.is_main:  # fail on an unwritable output before the work, not after it
-        for path in filter(None, (args.log_scores, args.json_out)):
+        for path in filter(None, (args.log_scores, setup.json_out)):
             check_writable_dir(os.path.dirname(path) or ".", "output directory")
-    result = evaluate_list(entries, args, ctx)
+    result = evaluate_list(entries, args, setup, ctx)
     if result is None:
         return
     result.problems = sorted(line_problems + result.problems, key=lambda p: p.index)
-    check_problems(result, args, num_listed)
+    check_problems(result, args, setup.info.num_classes, num_listed)
     scores = scores_from_confusion(result.conf, result.misses)
-    written = write_outputs(args, result, scores, num_listed)
+    written = write_outputs(args, setup, result, scores, num_listed)
     print(f"wrote {', '.join(written)}", file=sys.stderr, flush=True)
-    print("\n".join(report_lines(result, scores, args)), flush=True)
+    print("\n".join(report_lines(result, scores, setup.info)), flush=True)
 
 
 if __name__ == "__main__":
