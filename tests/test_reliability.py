@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -199,22 +200,34 @@ def test_train_on_a_full_disk_ends_in_one_line_and_no_partial_snapshot(tmp_path,
         assert "fixed_batch.pt" in error, error
 
 
+def _train_until_first_loss(args: list[str], env: dict[str, str], act: Callable[[subprocess.Popen], None]
+                            ) -> tuple[subprocess.Popen, str, str]:
+    """Start train.py, call `act` on the process once "Loss [0000]" is printed (the first snapshot is on
+    disk and training has started), and wait for it to end; returns the process, the rest of stdout and stderr."""
+    p = subprocess.Popen([sys.executable, "-u", "train.py", *args], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in p.stdout:
+            if line.startswith("Loss [0000]"):
+                act(p)
+                break
+        out_rest, err = p.communicate(timeout=START_TIMEOUT_S)
+    finally:
+        p.kill()
+    return p, out_rest, err
+
+
 def test_sigterm_on_a_full_disk_names_the_last_good_snapshot(tmp_path, synthetic_root, small_disk):
     disk = small_disk(256 << 20)
     out = str(tmp_path / "out")
     args = train_args(synthetic_root, out, "r", epochs=1, iters=3, sets=["TRAIN.PRETRAIN", "0"])
     args[args.index("--snapshot-dir") + 1] = disk.path
-    p = subprocess.Popen([sys.executable, "-u", "train.py", *args], cwd=ROOT, env=_disk_env(disk),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for line in p.stdout:
-            if line.startswith("Loss [0000]"):  # the first snapshot is on disk, training has started
-                disk.fill()
-                p.send_signal(signal.SIGTERM)
-                break
-        out_rest, err = p.communicate(timeout=START_TIMEOUT_S)
-    finally:
-        p.kill()
+
+    def fill_and_stop(p: subprocess.Popen) -> None:
+        disk.fill()
+        p.send_signal(signal.SIGTERM)
+
+    p, out_rest, err = _train_until_first_loss(args, _disk_env(disk), fill_and_stop)
     assert p.returncode == 128 + signal.SIGTERM, err
     assert "Traceback" not in err + out_rest, err
     last = [line for line in err.splitlines() if line.strip()][-1]
@@ -231,18 +244,13 @@ def test_sigterm_on_a_full_disk_names_the_last_good_snapshot(tmp_path, synthetic
 def test_a_second_ctrl_c_stops_training_at_once_without_a_traceback(tmp_path, synthetic_root):
     out = str(tmp_path / "out")
     args = train_args(synthetic_root, out, "r", epochs=1, iters=3)
-    p = subprocess.Popen([sys.executable, "-u", "train.py", *args], cwd=ROOT, env=train_env(),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for line in p.stdout:
-            if line.startswith("Loss [0000]"):
-                p.send_signal(signal.SIGINT)
-                time.sleep(0.05)
-                p.send_signal(signal.SIGINT)
-                break
-        out_rest, err = p.communicate(timeout=START_TIMEOUT_S)
-    finally:
-        p.kill()
+
+    def interrupt_twice(p: subprocess.Popen) -> None:
+        p.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+
+    p, out_rest, err = _train_until_first_loss(args, train_env(), interrupt_twice)
     assert p.returncode == 128 + signal.SIGINT, err
     assert "Traceback" not in err + out_rest, err
     last = [line for line in err.splitlines() if line.strip()][-1]
