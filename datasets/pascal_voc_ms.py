@@ -1,15 +1,15 @@
 """Inference datasets (SPEC 3.6): every variant of an image (scales and flips, or crops and flips) on one canvas.
 
-One DataLoader batch of ``TEST.BATCH_SIZE`` holds exactly all variants of one image, in the original's order:
+One DataLoader batch of ``TEST.BATCH_SIZE`` holds exactly all variants of one image, in the order of SPEC 3.6:
 ``[s0, s0-flip, s1, s1-flip, ...]`` for the multi-scale loader, cells in row-major order with the *even* variants
 flipped for the multi-crop loader. Decoding, resizing and padding run in the DataLoader workers, overlapped with
 the network; the decoded image is kept for the next variant, so an image is decoded once, not once per variant.
 
-Differences from the original, each for robustness or speed, none changing a number:
+Beyond SPEC 3.6, each for robustness or speed, none changing a number:
 * the list may have one column (test.txt) or name a folder of images; then labels and GT mask are None;
-* the original (unnormalised) image travels as uint8 [H, W, 3] once per batch instead of a normalised copy per
-  variant: the writers rebuild the original's de-normalised float image from it exactly (``image_01``);
-* the original's asserts (batch size, image larger than the canvas) are ``UserError``s naming the fix;
+* the unnormalised image travels as uint8 [H, W, 3] once per batch instead of a normalised copy per variant: the
+  writers rebuild the de-normalised float image of SPEC 8.2 from it exactly (``image_01``);
+* the batch size and the image's fit on the canvas are checked up front, as ``UserError``s naming the fix;
 * a corrupt image is a ``UserError`` naming it (TRAIN.ON_CORRUPT "stop") or the image is skipped ("skip").
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ Item = tuple[str, str | None]  # (image path, GT mask path or None)
 
 
 def read_inference_items(infer_list: str, data_root: str) -> list[Item]:
-    """The images to infer: a file list of the original's format (paths under ``data_root``; one column for lists
+    """The images to infer: a file list in the format of SPEC 3.2 (paths under ``data_root``; one column for lists
     without masks such as test.txt) or a folder, whose *.jpg/*.jpeg/*.png files are taken in sorted order."""
     if os.path.isdir(infer_list):
         paths = sorted(p for p in glob.glob(os.path.join(infer_list, "*"))
@@ -74,7 +74,7 @@ def num_variants(test_cfg) -> int:
 
 
 def check_batch_size(test_cfg) -> int:
-    """The original's assert, as an error with the fix: one batch must hold all variants of one image."""
+    """One batch must hold all variants of one image (SPEC 3.6); otherwise an error with the fix."""
     n = num_variants(test_cfg)
     if test_cfg.BATCH_SIZE != n:
         what = "TEST.SCALES" if test_cfg.METHOD == "multiscale" else "TEST.CROP_GRID_SIZE"
@@ -84,7 +84,7 @@ def check_batch_size(test_cfg) -> int:
 
 
 def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
-    """(w, h) of an image scaled by ``scale``: Python's round (half to even), as the original."""
+    """(w, h) of an image scaled by ``scale``: Python's round (half to even, SPEC 3.6)."""
     return round(width * scale), round(height * scale)
 
 
@@ -95,7 +95,7 @@ def centred_pads(h: int, w: int, pad_hw: Sequence[int]) -> tuple[int, int]:
 
 def check_sizes(items: Sequence[Item], test_cfg, tight: bool = False) -> None:
     """Read every image header once and fail up front, naming the files, if one is unreadable or does not fit
-    the canvas at the largest scale (the original asserted this in the middle of the run)."""
+    the canvas at the largest scale, rather than in the middle of the run."""
     if tight and test_cfg.METHOD == "multiscale":
         scales: Sequence[float] = ()
     else:
@@ -123,7 +123,7 @@ def check_sizes(items: Sequence[Item], test_cfg, tight: bool = False) -> None:
 def pad_normalised(img: np.ndarray, pad_hw: Sequence[int], pad_top: int, pad_left: int) -> np.ndarray:
     """uint8 [h, w, 3] -> float32 [PH, PW, 3]: normalised image on a canvas whose padding is exactly 0.
 
-    The original pads with 0, normalises the canvas and multiplies it by (1 - pad mask); writing the normalised
+    SPEC 3.6 pads with 0, normalises the canvas and multiplies it by (1 - pad mask); writing the normalised
     image into a zero canvas gives the same values (x * 1 = x inside, 0 outside).
     """
     h, w = img.shape[:2]
@@ -194,7 +194,7 @@ class MultiscaleLoader(_InferenceDataset):
     resized with PIL bicubic to Python-rounded sizes and centred on a ``PAD_SIZE`` canvas (padding 0 after
     normalisation).
 
-    ``tight`` (the --tight-canvas speed option, not the original) puts each variant on a canvas of its own size
+    ``tight`` (the --tight-canvas speed option, off by default) puts each variant on a canvas of its own size
     instead: no padding. This changes the network's outputs (the receptive fields and the ASPP/GCI global pooling
     see less zero border), so it is off by default; the measured difference is in bench/infer.py's report.
 
@@ -235,7 +235,7 @@ class MultiscaleLoader(_InferenceDataset):
 
 class CropLoader(_InferenceDataset):
     """Variant v of an image: cell ``v // 2`` (``v`` without flips) of a ``CROP_GRID_SIZE`` grid of ``CROP_SIZE``
-    crops of the image centred on the ``PAD_SIZE`` canvas, flipped iff FLIP and v even (the original's parity,
+    crops of the image centred on the ``PAD_SIZE`` canvas, flipped iff FLIP and v even (SPEC 3.6's parity,
     opposite to the multi-scale loader). Cell starts are multiples of ``ceil(PAD / GRID)``; a window reaching past
     the canvas is shifted back to end at its border.
 
@@ -305,8 +305,8 @@ def collate_variants(batch: Sequence[Any]) -> dict[str, Any] | None:
         raise RuntimeError(f"an inference batch mixes images {sorted(names)}: the batch size must equal the "
                            "number of variants and the loader must not shuffle")
     path, image, _, _, labels, mask = batch[0]
-    # the id is the file name without its extension; the original strips the characters of ".jpg" from the right,
-    # which gives the same ids for VOC's names (digits and "_" before ".jpg")
+    # the id is the file name without its extension; for VOC's names (digits and "_" before ".jpg") that is the id
+    # of SPEC 8.5, which strips the characters of ".jpg" from the right
     return {"path": path, "id": image_id(path), "image": image, "variants": [b[2] for b in batch],
             "pads": torch.stack([b[3] for b in batch]), "labels": labels, "mask": mask}
 

@@ -1,17 +1,17 @@
-"""Snapshots on disk (SPEC 7.7): the original's file names and formats, written so that nothing is ever half there.
+"""Snapshots on disk (SPEC 7.7): its file names and formats, written so that nothing is ever half there.
 
 A snapshot with suffix S is ``model_enc_S.pth`` (the unwrapped model's state_dict, tensors on the CPU) and
-``opt_enc_S.pth`` (the optimiser's state_dict), as the original, plus our ``state_enc_S.pth`` with what an exact
+``opt_enc_S.pth`` (the optimiser's state_dict), plus ``state_enc_S.pth`` with what an exact
 resume needs (epoch, position in the epoch, best score, RNG states, the epoch's running sums). Each file is written
 to a temporary name and renamed; the optimiser and state files first, the model file last, so a snapshot whose
 model file exists is complete, and rotation deletes the model file first. A save that fails (a full disk) removes
 the files it had written: a snapshot is all there or not at all.
 
 Suffixes:
-* ``e%03dXs%4.3f`` (epoch, checkpoint score): the original's "best" snapshots, taken in validation before the
-  epoch's training. Resuming one of the original's (no state file) follows the original: start at epoch + 1 with
-  best score = the score; resuming one of ours continues exactly where the run was (the epoch's training).
-* ``e%03dXi%05d`` (epoch, completed iterations of the epoch): the snapshot SIGINT/SIGTERM writes. The original's
+* ``e%03dXs%4.3f`` (epoch, checkpoint score): the "best" snapshots, taken in validation before the epoch's
+  training. Resuming one without a state file (the original's snapshots) starts at epoch + 1 with best score =
+  the score (SPEC 7.1); resuming one with a state file continues exactly where the run was (the epoch's training).
+* ``e%03dXi%05d`` (epoch, completed iterations of the epoch): the snapshot SIGINT/SIGTERM writes. The "best"
   suffix pattern does not match it on purpose: it is not a "best" snapshot and tools that pick the best by the
   ``Xs`` score skip it. Without its state file it cannot be resumed (it is still a normal model file for
   inference). Only the newest one of a run is kept.
@@ -31,9 +31,9 @@ import torch.nn as nn
 from utils.errors import UserError
 from utils.fileio import save_torch
 
-NAME = "enc"  # the original registers ("enc", model, optimiser)
-MAX_KEEP = 5  # the original's max_n
-BEST_PATTERN = re.compile(r"^e(\d+)Xs([\.\d+\-]+)$")  # the original's suffix pattern
+NAME = "enc"  # snapshots are registered as ("enc", model, optimiser), SPEC 7.1
+MAX_KEEP = 5  # best snapshots kept (SPEC 7.7)
+BEST_PATTERN = re.compile(r"^e(\d+)Xs([\.\d+\-]+)$")  # the "best" suffix (SPEC 7.1)
 INTERRUPT_PATTERN = re.compile(r"^e(\d+)Xi(\d+)$")
 PREFIX_STRIP = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile wrappers
 
@@ -148,7 +148,7 @@ class ResumePoint:
 class Checkpointer:
     """Saves and loads the ("enc", model, optimiser) snapshots of one run directory.
 
-    ``model`` must be the unwrapped module. Rotation as the original: the best snapshots saved by this process
+    ``model`` must be the unwrapped module. Rotation (SPEC 7.7): the best snapshots saved by this process
     (plus the one resumed from) are tracked and the oldest is deleted once more than ``max_keep`` are tracked.
     """
 
@@ -166,8 +166,8 @@ class Checkpointer:
         return os.path.isfile(self.paths(suffix)["model"])
 
     def save(self, suffix: str, state: dict[str, Any] | None = None) -> bool:
-        """Write the snapshot (optimiser, state, then model); False if its model file already exists (the
-        original never overwrites one)."""
+        """Write the snapshot (optimiser, state, then model); False if its model file already exists (a snapshot
+        is never overwritten, SPEC 7.7)."""
         if "_" in suffix:
             raise ValueError(f"snapshot suffix {suffix!r} may not contain '_'")
         paths = self.paths(suffix)
@@ -238,7 +238,8 @@ class Checkpointer:
                 state = torch.load(paths["state"], map_location="cpu", weights_only=True)
             except Exception as e:  # truncated or foreign file
                 raise UserError(f"resume state {paths['state']} cannot be read ({type(e).__name__}); delete it to "
-                                "resume as the original does, or resume from another snapshot") from None
+                                "resume from the model and optimiser files alone, or resume from another "
+                                "snapshot") from None
         elif kind is not None and kind[0] == "interrupt":
             raise UserError(f"snapshot {suffix} was written on an interrupt and needs {paths['state']}, which is "
                             "missing; resume from another snapshot (--resume last)")

@@ -1,8 +1,8 @@
 """Segmentation scores from a confusion matrix: per-class IoU, precision, recall and their means (SPEC 9.2).
 
 The confusion matrix is accumulated over a whole split (rows = GT class, columns = predicted class) and the
-scores are computed once at the end, as the original's eval_seg.py does; per-image IoUs are never averaged.
-Scores are fractions in [0, 1]; the printed table multiplies them by 100 like the original.
+scores are computed once at the end (SPEC 9.2); per-image IoUs are never averaged.
+Scores are fractions in [0, 1]; the printed table multiplies them by 100.
 
 The masks of a training-mode forward (raw, PAMR-refined, pseudo labels) and the single-scale final prediction
 are scored the same way by ``MaskScores`` (validation during training, tools/eval_pseudo.py); it takes numpy
@@ -15,16 +15,16 @@ import numpy as np
 
 from datasets.voc import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 
-# added to every denominator, as the original: a class that is absent and never predicted scores 0
+# added to every denominator (SPEC 9.2): a class that is absent and never predicted scores 0
 EPS = 1e-20
 NO_CLASS = IGNORE_INDEX  # a prediction pixel without a class: what pseudo-label masks leave unlabelled
 NAME_WIDTH = 12  # the class-name column; wider only for longer names (COCO's "baseball glove"), never for VOC
-TABLE_WIDTH = 44  # "{:>12}" + 4 x " | {:>5}"; the original's separator is 44 dashes
+TABLE_WIDTH = 44  # "{:>12}" + 4 x " | {:>5}"; the separator is 44 dashes (SPEC 9.2)
 _HEAD_FMT = "{:>{w}}" + " | {:>5}" * 4
 _ROW_FMT = "{:>{w}} | {:>5}" + " | {:>5.1f}" * 3
-_ORIGINAL_SUMMARY_FMT = "mIoU: {:.2f}\t  Pr: {:.2f}\t  Re: {:.2f}"  # the original's sys.stdout.write calls, tabs kept
-_WITH_BACKGROUND = "With background: "  # the original's print, trailing space included
-_SUMMARY_FMT = "mIoU: {:.2f}  Pr: {:.2f}  Re: {:.2f}"  # our own summary lines
+_ORIGINAL_SUMMARY_FMT = "mIoU: {:.2f}\t  Pr: {:.2f}\t  Re: {:.2f}"  # SPEC 9.2's summary lines, tabs included
+_WITH_BACKGROUND = "With background: "  # trailing space included
+_SUMMARY_FMT = "mIoU: {:.2f}  Pr: {:.2f}  Re: {:.2f}"  # the summary over the classes present
 
 
 def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -88,7 +88,7 @@ def tp_fn_fp(conf: np.ndarray, misses: np.ndarray | None = None) -> tuple[np.nda
 
 
 def image_class_scores(conf: np.ndarray, misses: np.ndarray | None = None) -> dict[int, int]:
-    """TP - FN - FP of one image for every class present in its GT (the original's --log-scores ranking)."""
+    """TP - FN - FP of one image for every class present in its GT (the --log-scores ranking, SPEC 9.2)."""
     tp, fn, fp = tp_fn_fp(conf, misses)
     present = np.flatnonzero(tp + fn > 0)  # GT pixels of the class
     return {int(c): int(tp[c] - fn[c] - fp[c]) for c in present}
@@ -104,8 +104,8 @@ def scores_from_confusion(conf: np.ndarray, misses: np.ndarray | None = None) ->
 
     Keys: ``count`` (GT pixels per class), ``iou``, ``precision``, ``recall`` (lists of C fractions),
     ``iou_defined`` (TP + FP + FN > 0), and for each average ``miou_*``, ``precision_*``, ``recall_*`` with
-    ``*`` = ``fg`` (the C-1 foreground classes: the original's first summary line), ``<C>`` (all classes with
-    background: ``21`` for VOC, the standard PASCAL VOC mIoU and the original's "With background" line; ``81`` for
+    ``*`` = ``fg`` (the C-1 foreground classes: the first summary line), ``<C>`` (all classes with
+    background: ``21`` for VOC, the standard PASCAL VOC mIoU and the "With background" line; ``81`` for
     COCO) and ``present``
     (only the classes with iou_defined, for data sets that use fewer classes).
     """
@@ -138,13 +138,12 @@ def _summary(scores: dict, name: str, fmt: str) -> str:
 
 
 def format_scores(scores: dict, class_names: tuple[str, ...] = CLASS_NAMES) -> list[str]:
-    """The original's printed table and summary lines byte for byte (SPEC 9.2), then one line of ours over the
-    classes present.
+    """The printed table and summary lines of SPEC 9.2 byte for byte, then one line over the classes present.
 
     ``Class | # | IoU | Pr | Re`` with right-aligned columns (count = GT pixels, scores in % with one decimal)
     between 44-dash separators, the 20-class mean, a separator, "With background: " on a line of its own and the
-    21-class mean (the standard VOC mIoU) under it; the summaries are tab-separated as the original writes them.
-    Ours follows: the mean over the classes that occur in the GT or the prediction. With C classes the table has C
+    21-class mean (the standard VOC mIoU) under it; the summaries are tab-separated.
+    The last line is the mean over the classes that occur in the GT or the prediction. With C classes the table has C
     rows and the second summary is the C-class mean.
     """
     w = max([NAME_WIDTH] + [len(class_names[c]) for c in range(len(scores["count"]))])
@@ -224,7 +223,7 @@ def _numpy_u8(x) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------------
 # validation during training (SPEC 7.5): the classification AP and the checkpoint score
 
-SNAPSHOT_SCORES = ("loss", "miou")  # TRAIN.SNAPSHOT_SCORE: 1 - mean validation loss (the original's), or mIoU
+SNAPSHOT_SCORES = ("loss", "miou")  # TRAIN.SNAPSHOT_SCORE: 1 - mean validation loss (SPEC 7.5), or mIoU
 SCORED_PRED = "miou_pred"  # the MaskScores key "miou" selects by: the final prediction's mIoU over classes present
 
 
