@@ -1,7 +1,7 @@
-"""Devices and scale: one process (CPU or one GPU), DataParallel over all visible GPUs as the original, or
+"""Devices and scale: one process (CPU or one GPU), DataParallel over all visible GPUs (SPEC 7.1), or
 DistributedDataParallel under torchrun.
 
-The original wraps model and criterion in ``nn.DataParallel`` on the GPUs and splits a batch of TRAIN.BATCH_SIZE
+SPEC 7.1 wraps model and criterion in ``nn.DataParallel`` on the GPUs and splits a batch of TRAIN.BATCH_SIZE
 over them. Under torchrun every process gets TRAIN.BATCH_SIZE // world_size images, so the effective batch is
 the same; logged losses and validation inputs are reduced across processes, and only rank 0 writes.
 """
@@ -80,7 +80,7 @@ def per_rank_batch(batch_size: int, world_size: int) -> int:
 def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
     """DDP under torchrun; DataParallel over all visible GPUs when there are several; else the model itself.
 
-    The caller keeps the unwrapped model for snapshots (no ``module.`` prefix, as the original).
+    The caller keeps the unwrapped model for snapshots (no ``module.`` prefix, SPEC 7.1).
     """
     if ctx.distributed:
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
@@ -127,7 +127,7 @@ class EpochSampler(Sampler):
     """The sample order of one epoch, sharded over processes so that global batch i is the same for every
     world size, each sample paired with its own augmentation seed.
 
-    Order: a permutation drawn from (seed, epoch) when ``shuffle`` (the original's train loader), else the list
+    Order: a permutation drawn from (seed, epoch) when ``shuffle`` (the train loader, SPEC 3.5), else the list
     order. Batch i of the single-process run holds positions [i·B, (i+1)·B); under torchrun, process r takes the
     positions of that range congruent to r modulo the world size, so the union over processes is that batch.
     Each position yields ``(index, sample_seed)``: the seed is a function of (seed, epoch, position), which makes

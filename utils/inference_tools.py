@@ -1,10 +1,10 @@
 """Inference maths and writers: merging variants (SPEC 8.3, 8.4), class presence (8.2), outputs (8.5).
 
 The merges are pure functions on tensors and run where the network ran (GPU or CPU), so only the merged
-probabilities [C, H, W] travel to the writer processes, not the N padded canvases of probabilities (the original
-pickled all of them to its pool). The writer job (argmax, dense CRF, PNGs) uses numpy, PIL and pydensecrf only.
+probabilities [C, H, W] travel to the writer processes, not the N padded canvases of probabilities. The writer
+job (argmax, dense CRF, PNGs) uses numpy, PIL and pydensecrf only.
 ``WriterPool`` runs the jobs in worker processes with a bounded number in flight, and checks every result: an
-exception or a dead worker stops the run naming the image (the original lost such errors silently).
+exception or a dead worker stops the run naming the image, so that no error is lost.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def merge_multiscale(probs: torch.Tensor | Sequence[torch.Tensor], pads: torch.T
     """Merge the probabilities of all scales and flips of one image (SPEC 8.3).
 
     probs [N, C, PH, PW] (or N tensors [C, ph_i, pw_i] of any canvas sizes), pads [N, 4] = (pad_top, pad_left,
-    h, w) per variant, labels [C-1] class presence, out_size (H, W) of the original image -> P [C, H, W].
+    h, w) per variant, labels [C-1] class presence, out_size (H, W) of the unscaled image -> P [C, H, W].
     Per variant: crop the padding, resize bilinearly (align_corners=False) to H x W, flip odd variants back when
     ``flip``, multiply foreground channel c by labels[c]; the mean over variants in batch order, then the
     background raised to ``bg_pow``. No re-normalisation: the argmax and the CRF see these values.
@@ -76,9 +76,9 @@ def merge_crops(probs: torch.Tensor | Sequence[torch.Tensor], coords: torch.Tens
     canvas, labels [C-1] -> P [C, H, W]: the mean over the crops covering each pixel, absent classes zeroed, no
     background exponent. Even variants are flipped back when ``flip`` (the crop loader's parity).
 
-    The part of a crop inside the image spans canvas rows max(s_h, pad_top) .. min(e_h, pad_top + H); the
-    original computed the crop-side offset wrongly for a crop starting inside the top/left padding at a non-zero
-    position (SPEC 13); here both offsets follow from that span, which matches the original wherever it was right.
+    The part of a crop inside the image spans canvas rows max(s_h, pad_top) .. min(e_h, pad_top + H); both
+    offsets follow from that span, so a crop starting inside the top/left padding at a non-zero position is
+    placed right too (SPEC 8.4 and 13 describe the wrong offset there; elsewhere the results agree).
     """
     height, width = out_size
     first = probs[0]
@@ -160,8 +160,8 @@ def label_maps(out: dict[str, torch.Tensor], fp_cut_score: float, bg_pow: float,
 # outputs
 
 def image_01(image: np.ndarray) -> np.ndarray:
-    """uint8 [H, W, 3] -> the original's de-normalised float32 image [H, W, 3] in [0, 1]: normalised as the
-    dataset does, then ``x * std + mean`` in float32 as ``denorm``, so every value matches the original's."""
+    """uint8 [H, W, 3] -> the de-normalised float32 image [H, W, 3] in [0, 1] of SPEC 8.2: normalised as the
+    dataset does, then ``x * std + mean`` in float32 as ``denorm``, so that every value is the same."""
     x = normalize_np(image)
     return x * np.asarray(STD, dtype=np.float32) + np.asarray(MEAN, dtype=np.float32)
 
@@ -178,7 +178,7 @@ def visualisation(image01: np.ndarray, panels: Sequence[np.ndarray]) -> np.ndarr
 
 
 def save_label_png(labels: np.ndarray, path: str) -> None:
-    """Class indices as an 8-bit single-channel PNG (mode "L", no palette), as the original's masks."""
+    """Class indices as an 8-bit single-channel PNG (mode "L", no palette; SPEC 8.5)."""
     save_image(Image.fromarray(labels.astype(np.uint8), mode="L"), path)
 
 

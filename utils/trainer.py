@@ -1,5 +1,5 @@
 """The Trainer of train.py: one run's state (model, optimiser, best score, where it stands, writers) and its phases
-in the original's order (SPEC 7.2); the work of each phase is done by utils/training.py and utils/validation.py.
+in the order of SPEC 7.2; the work of each phase is done by utils/training.py and utils/validation.py.
 Also the end of a run by signal: the first SIGINT/SIGTERM saves a resumable snapshot, a second stops at once."""
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from utils.training import (Loaders, Progress, batch_to_device, eta_line, forwar
                             train_iteration)
 from utils.validation import forward_split, log_validation, score_split
 
-INITIAL_BEST = -1e16  # the original's best_score before any checkpoint
+INITIAL_BEST = -1e16  # best_score before any checkpoint (SPEC 7.1)
 
 
 class Trainer:
@@ -73,7 +73,7 @@ class Trainer:
     def resume(self, point: ResumePoint) -> int:
         """Apply a loaded snapshot; returns the first epoch."""
         self.best_score = point.best_score
-        if point.state is None:  # the original's snapshot: its rule (the epoch after the suffix's)
+        if point.state is None:  # a snapshot without a state file: the epoch after the suffix's (SPEC 7.1)
             say(f"Resumed from {point.suffix}: epoch {point.start_epoch}, best score {self.best_score:.3f}")
             return point.start_epoch
         st = point.state
@@ -110,7 +110,7 @@ class Trainer:
                                                       self.cfg.TRAIN.SNAPSHOT_SCORE), writer_key)
 
     def keep_if_best(self, epoch: int, score: float, writer_key: str) -> None:
-        """The original's checkpoint policy: a snapshot when the score beats the best so far."""
+        """A snapshot when the score beats the best so far (SPEC 7.5)."""
         if self.ctx.is_main:
             self.writers[writer_key].add_scalar("all/checkpoint_score", score, epoch)
         if score > self.best_score:

@@ -1,8 +1,8 @@
 """TensorBoard visualisation of the fixed batch (SPEC 7.6) and a reader for the event files the run writes.
 
 Per image one row: the image, then an overlay for each of "cam", "dec", "pseudo" that the model returns, under a
-16-pixel header naming the image's classes; rows stacked with torchvision's make_grid as the original. The
-original ships UbuntuMono; we use DejaVu Sans Mono, which matplotlib (a dependency) ships under a free licence.
+16-pixel header naming the image's classes; rows stacked with torchvision's make_grid (SPEC 7.6). The header
+font is DejaVu Sans Mono, which matplotlib (a dependency) ships under a free licence.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from torchvision.utils import make_grid
 from datasets.voc import CLASS_NAMES, IGNORE_INDEX, PALETTE, denorm
 from utils.fileio import write_error
 
-PANELS = ("cam", "dec", "pseudo")  # overlays, in the original's order
-# every overlay of the project: IMAGE_WEIGHT x image + MASK_WEIGHT x class colour (the original's alpha 0.3 is the
+PANELS = ("cam", "dec", "pseudo")  # overlays, in the order of SPEC 7.6
+# every overlay of the project: IMAGE_WEIGHT x image + MASK_WEIGHT x class colour (SPEC 7.6 and 8.5: 0.3 is the
 # image's weight); the TensorBoard panels scale the colour by the mask's confidence
 IMAGE_WEIGHT = 0.3
 MASK_WEIGHT = 1 - IMAGE_WEIGHT
@@ -63,7 +63,7 @@ def overlay_labels(labels: np.ndarray, image01: np.ndarray, plain_ignored: bool 
     """A class map over its image: labels [H, W], image01 [H, W, 3] in [0, 1] -> float64 [H, W, 3] in [0, 1],
     ``IMAGE_WEIGHT * image + MASK_WEIGHT * palette colour``.
 
-    255 ("ambiguous") has its own palette colour, as in the original's inference panels; ``plain_ignored`` shows
+    255 ("ambiguous") has its own palette colour, as in the inference panels of SPEC 8.5; ``plain_ignored`` shows
     the plain image there instead (the unlabelled pixels of pseudo labels, as ``overlay``'s ``plain_where_empty``).
     """
     colour = PALETTE[labels].astype(np.float64) / 255.0  # [H, W, 3]
