@@ -1,8 +1,8 @@
 """Paired image/mask transforms of the training dataset (SPEC 3.5) and the deterministic validation transform.
 
 Image and mask stay PIL images through the geometric steps, so one set of crop parameters and one flip decision
-apply to both, the image is resampled with PIL bicubic and the mask with PIL nearest (as the original's
-torchvision 0.2 pipeline). All randomness comes from torch's generator, which the training script and the
+apply to both, the image is resampled with PIL bicubic and the mask with PIL nearest (SPEC 3.5's torchvision 0.2
+pipeline). All randomness comes from torch's generator, which the training script and the
 DataLoader workers seed.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torchvision.transforms import functional as F
 from datasets.voc import MEAN, STD
 from utils.errors import UserError
 
-# the original's augmentation constants (SPEC 3.5)
+# the augmentation constants of SPEC 3.5
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # torchvision's default aspect-ratio range
 FLIP_PROB = 0.5
 JITTER = dict(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1)
@@ -54,7 +54,7 @@ class RandomHorizontalFlipPair:
 
 
 class ColorJitterImage:
-    """ColorJitter on the image only (applied always, as the original); the mask passes through."""
+    """ColorJitter on the image only (applied always, SPEC 3.5); the mask passes through."""
 
     def __init__(self, **jitter: float):
         self.jitter = T.ColorJitter(**(jitter or JITTER))
