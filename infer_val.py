@@ -11,7 +11,7 @@ loads ``<snapshot-dir>/<dataset>/<exp>/<run>/model_enc_<resume>.pth`` and writes
 prediction and GT panels). --infer-list may be a list without masks (test.txt: no GT panel, labels from the
 predictions) or a folder of images. Additions: --palette (VOC-coloured PNGs for the evaluation server),
 --save-probs (merged probabilities as float16 .npy, e.g. for pseudo labels), --no-crf, --tight-canvas (faster,
-not the original's numbers), --no-channels-last, --check (validate everything, run nothing).
+masks differ slightly), --no-channels-last, --check (validate everything, run nothing).
 
 Under ``torchrun --standalone --nproc_per_node=N infer_val.py --run-id RUN ...`` (torchrun's parser takes ``--run``
 for its own ``--run-path``; ``--run-id`` is the same option, or put ``--`` before infer_val.py) rank r infers
@@ -44,7 +44,7 @@ from utils.inference_tools import (WriterOptions, WriterPool, class_presence, me
 from utils.run_setup import (Problems, RunDirs, get_arg_parser, load_run_cfg, main_prints_only, resolve_dirs,
                              select_device)
 
-ETA_EVERY = 100  # images between "Finish time" lines, as the original
+ETA_EVERY = 100  # images between "Finish time" lines (SPEC 8.1)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -92,8 +92,8 @@ def build_inference_model(cfg, snapshot: str, device: torch.device, channels_las
 
 
 def configure_backends() -> None:
-    """cuDNN deterministic as the original, and full float32: TF32 convolutions (PyTorch's default on Ampere and
-    later GPUs, which the original's PyTorch 1.0 did not have) move the merged probabilities by up to ~1e-2."""
+    """cuDNN deterministic (SPEC 8.1), and full float32: TF32 convolutions (PyTorch's default on Ampere and
+    later GPUs) move the merged probabilities by up to ~1e-2."""
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.allow_tf32 = False

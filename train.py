@@ -1,10 +1,10 @@
-"""Training (SPEC 7): the original's epoch loop, validation cadence, checkpoint score, snapshots and logs.
+"""Training (SPEC 7): the epoch loop, validation cadence, checkpoint score, snapshots and logs.
 
     python train.py --dataset pascal_voc --cfg configs/voc_resnet38.yaml --exp v01 --run r01
     torchrun --nproc_per_node=4 train.py --dataset pascal_voc --cfg configs/voc_resnet38.yaml --exp v01 --run-id r01
     (--run-id is --run; torchrun's own parser rejects --run as an ambiguous abbreviation of its --run-path)
 
-Behaviour kept from the original: epochs start..NUM_EPOCHS inclusive; every VAL_EVERY (2) epochs, before that
+As SPEC 7: epochs start..NUM_EPOCHS inclusive; every VAL_EVERY (2) epochs, before that
 epoch's training, validation on train_voc (train writer, no checkpoint) and on val (val writer, checkpoint); the
 checkpoint score 1 - mean validation loss from epoch PRETRAIN on, a snapshot when it improves; constant learning
 rates; the console lines and TensorBoard tags. Added: --random-seed seeds everything (seed + rank) before the model
@@ -104,7 +104,7 @@ def check_and_build(args: argparse.Namespace, dirs: RunDirs, cfg: AttrDict, ctx:
 def run(args: argparse.Namespace, argv: list[str], cfg: AttrDict, ctx: DistContext) -> int:
     """Every check first (nothing is written until all pass: no run directory, config.yaml, git.txt, event file
     or snapshot), then the run."""
-    torch.backends.cudnn.benchmark = True  # as the original's training
+    torch.backends.cudnn.benchmark = True  # SPEC 7.1
     if args.workers > 0:
         torch.set_num_threads(args.workers)
     dirs = resolve_dirs(args)
