@@ -1,4 +1,4 @@
-"""File lists of the original's format and the image/mask readers, without torch (the data checks use them).
+"""File lists (SPEC 3.2) and the image/mask readers, without torch (the data checks use them).
 
 SPEC 3.2: a line is ``<image> <mask>`` (``<image>`` only in the test list), paths relative to a data root.
 SPEC 3.3: image-level labels come from the mask's class indices.
@@ -36,7 +36,7 @@ def scan_file_list(list_path: str, root: str, need_masks: bool
     Entries are (line number, image path, mask path or None), paths joined with ``root``. A line holds
     ``<image> <mask>`` or, for the test list, ``<image>`` only (then the mask is None; with ``need_masks`` that is
     a malformed line). Columns are split on any whitespace; leading/trailing slashes of each column are stripped
-    before joining, as the original's inference loader does. Blank lines are skipped. Malformed lines are
+    before joining, as SPEC 3.6's inference loader does. Blank lines are skipped. Malformed lines are
     (line number, message naming the list, the line and the fix). Lines that repeat an entry are kept (each is
     used as often as it is listed) and named once per list in a warning on stderr.
     """
@@ -114,7 +114,7 @@ def _limited(lines: list[str], what: str) -> list[str]:
 
 def read_file_list(list_path: str, root: str, need_masks: bool,
                    check_exists: bool = True) -> list[tuple[str, str | None]]:
-    """The entries of a file list of the original's format: (image path, mask path or None), joined with ``root``.
+    """The entries of a file list (SPEC 3.2): (image path, mask path or None), joined with ``root``.
 
     See ``parse_file_list`` for the format. With ``check_exists`` every listed file must exist; all missing ones
     are reported at once (up to MAX_REPORTED), one line each.
@@ -129,7 +129,7 @@ def read_file_list(list_path: str, root: str, need_masks: bool,
 
 
 def image_id(path: str) -> str:
-    """Basename without extension (the original strips the characters '.jpg' from the right; this strips the suffix)."""
+    """Basename without extension (the suffix, not the characters '.jpg' stripped from the right as in SPEC 8.5)."""
     return os.path.splitext(os.path.basename(path))[0]
 
 

@@ -1,6 +1,6 @@
 """Pascal VOC / SBD training data: file lists, the training dataset (SPEC 3.2, 3.3, 3.5) and its batching.
 
-Differences from the original, each for robustness: the data root and list names come from the config
+Beyond SPEC 3.5, each for robustness: the data root and list names come from the config
 (DATASET.ROOT, DATASET.*_LIST) instead of a hard-coded ``./data``; list sizes are not asserted (only that a split
 is not empty); a missing or unreadable file is a ``UserError`` naming it, and with TRAIN.ON_CORRUPT "skip" an
 image that turns out corrupt during a run is dropped from its batch with a warning instead of stopping the run;
@@ -31,7 +31,7 @@ class VOCSegmentation(Dataset):
     """The training dataset: (image [3,S,S] float32 normalised, labels [C-1] float32 ([20] for VOC), image id).
 
     ``split`` is "train" (train_augvoc), "train_voc" or "val"; the list is ``cfg.DATASET.<split list>`` under
-    ``cfg.DATASET.ROOT``. ``augment`` selects the random training transform (the original uses it for every split)
+    ``cfg.DATASET.ROOT``. ``augment`` selects the random training transform (SPEC 3.5 uses it for every split)
     or the deterministic resize. ``with_mask`` appends the transformed mask [S,S] int64 (255 = ignore), for a fully
     supervised run and for scoring the validation's masks; the weakly supervised model never learns from it.
     ``mask_dir`` names a folder of class-index PNGs ``<image id>.png`` (e.g. pseudo labels) that replace the list's

@@ -45,14 +45,14 @@ def labels_from_mask(mask: np.ndarray, num_classes: int = NUM_CLASSES) -> np.nda
 
 
 def normalize_np(img: np.ndarray) -> np.ndarray:
-    """HWC uint8 RGB -> HWC float32 normalised, computed in float64 as the original."""
+    """HWC uint8 RGB -> HWC float32 normalised, computed in float64 (SPEC 3.4)."""
     x = img.astype(np.float64) / 255.0
     x = (x - np.asarray(MEAN)) / np.asarray(STD)
     return x.astype(np.float32)
 
 
 def denorm(x: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
-    """Normalised [3,H,W] or [B,3,H,W] -> RGB in [0,1] (a new tensor; the original works in place)."""
+    """Normalised [3,H,W] or [B,3,H,W] -> RGB in [0,1] (a new tensor; the input is left as it is)."""
     import torch
 
     shape = (3, 1, 1) if x.dim() == 3 else (1, 3, 1, 1)
