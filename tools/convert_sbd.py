@@ -1,4 +1,4 @@
-"""Convert SBD class annotations (.mat) to PNG masks, as the original's tools/convert_sbd.py (SPEC 3.7).
+"""Convert SBD class annotations (.mat) to PNG masks (SPEC 3.7).
 
 Run inside data/sbd/benchmark_RELEASE so that the output matches the paths of train_augvoc.txt:
 

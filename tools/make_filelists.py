@@ -1,4 +1,4 @@
-"""Build the original's four file lists from a user's VOC2012 and SBD downloads (SPEC 3.2).
+"""Build the four file lists of SPEC 3.2 from a user's VOC2012 and SBD downloads.
 
     python tools/make_filelists.py --voc data/voc --sbd data/sbd [--voc-test data/voc_test] --out data
 
@@ -7,7 +7,7 @@
 ``--voc-test`` (optional) holds the VOC2012 test images as VOCdevkit/VOC2012 with ImageSets/Segmentation/test.txt.
 Without it, a test.txt split file inside --voc is used; without either, no test.txt is written.
 
-Lists (paths relative to the data root, which holds voc/, sbd/ and voc_test/ -- symlinks in the original):
+Lists (paths relative to the data root, which holds voc/, sbd/ and voc_test/, e.g. as symlinks; SPEC 3.1):
 * train_augvoc.txt = VOC train + SBD train + SBD val - VOC val; an id present in SBD uses the SBD pair
   (img/ + cls_png/), the others the VOC pair (JPEGImages/ + SegmentationClass/): 10252 + 330 = 10582 lines for
   the official downloads;

@@ -12,7 +12,7 @@ Why it looks the way it does (each point is a knob of ``Difficulty``):
   learns to leak into the context;
 * slight blur, noise and JPEG compression.
 
-The layout and file lists are the original's (SPEC 3.1-3.2), paths relative to ``out_dir``::
+The layout and file lists are those of SPEC 3.1-3.2, paths relative to ``out_dir``::
 
     voc/VOCdevkit/VOC2012/{JPEGImages,SegmentationClass,ImageSets/Segmentation}
     sbd/benchmark_RELEASE/dataset/{img,cls_png,train.txt,val.txt}

@@ -1,6 +1,6 @@
 """Dense CRF post-processing (SPEC 8.6) through pydensecrf (the ``pydensecrf2`` package).
 
-The original hard-codes its parameters; here they are the defaults of the config keys MASKS.CRF.{ITER,
+The parameters of SPEC 8.6 are the defaults of the config keys MASKS.CRF.{ITER,
 POS_XY_STD, POS_W, BI_XY_STD, BI_RGB_STD, BI_W}. The unary is the negative log of the merged probabilities, clipped
 at ``UNARY_CLIP`` (pydensecrf's ``unary_from_softmax`` with its defaults), so the background, already raised to
 BG_POW and not re-normalised, enters as it is.

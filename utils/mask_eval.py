@@ -40,7 +40,7 @@ PROBLEM_KINDS = {
 VALUES_SHOWN = 5  # offending values named in a problem's detail
 MAX_CHUNK = 32  # images per worker task: few enough tasks to keep IPC small, enough to balance the workers
 ORACLE_SCALE = 255  # scipy.misc.imresize byte-scaled a 0/1 mask to 0/255 before resizing
-ORACLE_THRESHOLD = 0.5  # the original's "> 0.5", applied to the 0..255 result: any non-zero pixel
+ORACLE_THRESHOLD = 0.5  # SPEC 9.2's "> 0.5", applied to the 0..255 result: any non-zero pixel
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def read_label_png(path: str) -> np.ndarray:
 def oracle_prediction(gt: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     """[H, W] GT -> [H, W] uint8 'prediction': each class's binary mask resized to size_hw and back.
 
-    As the original with scipy.misc.imresize: the 0/1 mask is byte-scaled to 0/255, resized bilinearly (PIL)
+    As scipy.misc.imresize in SPEC 9.2: the 0/1 mask is byte-scaled to 0/255, resized bilinearly (PIL)
     down and up again, and pixels above 0.5 of that 0..255 result take the class (classes in increasing order,
     so a later class wins where two overlap). Background and 255 are not resized; they remain 0.
     """

@@ -1,7 +1,7 @@
 """What every entry point shares around its work: the command line, the config, the run's directories, the input
 problems found before anything is written, the record of a run, the signals that stop it and its random state.
 
-train.py and infer_val.py parse the original's flags (SPEC 2.4) with ``get_arg_parser``; the tools that load a
+train.py and infer_val.py parse the flags of SPEC 2.4 with ``get_arg_parser``; the tools that load a
 trained model take ``--cfg``/``--set`` through ``add_cfg_args`` the same way. ``load_run_cfg`` merges defaults,
 YAML and ``--set`` and freezes the result, so the config is a value from then on. The parsed arguments are never
 rewritten: the run's directories are derived from them (``resolve_dirs``).

@@ -27,7 +27,7 @@ from utils.errors import UserError
 from utils.fileio import save_torch
 from utils.metrics import SNAPSHOT_SCORES
 
-LOG_EVERY = 10  # per-iteration console line every 10 iterations, as the original
+LOG_EVERY = 10  # per-iteration console line every 10 iterations (SPEC 7.3)
 STREAMS = {"train": 0, "train_voc": 1, "val": 2}  # independent augmentation streams of the three loaders
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 Loaders = dict[str, tuple[DataLoader, EpochSampler]]  # split -> its loader and sampler

@@ -107,7 +107,7 @@ def log_validation(writer: Any, result: ValidationResult, epoch: int, class_name
 
 def log_mask_scores(writer: Any, scores: dict[str, float], epoch: int, num_classes: int) -> None:
     """The masks' scores of a validation (``MaskScores.summary``) as TensorBoard scalars ``masks/<key>`` and console
-    lines after the original's: mIoU over the classes present and over all C classes (21 for VOC), in %."""
+    lines after those of SPEC 7.5: mIoU over the classes present and over all C classes (21 for VOC), in %."""
     for k, v in scores.items():
         writer.add_scalar(f"masks/{k}", v, epoch)
     for kind, name in MASK_NAMES.items():
