@@ -43,7 +43,7 @@ def class_scores(logits: torch.Tensor, masks: torch.Tensor, p: float, lam: float
 
 def foreground_coverage(masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean mask size of the classes present, a logged statistic ("loss_fg"): masks [B,C,h,w], labels [B,C-1] ->
-    [B]. An image without labels gives 0 (the original divides by zero there)."""
+    [B]. An image without labels gives 0 rather than a division by zero."""
     mbar = masks[:, 1:].mean((2, 3))  # [B,C-1]
     return (mbar * labels).sum(1) / labels.sum(1).clamp_min(1)
 

@@ -17,9 +17,9 @@ def build_model(net_cfg, num_classes: int = 21, init_weights: bool = True) -> nn
     """The model NET describes, on the CPU (the caller moves it to its device).
 
     With NET.FROM_SCRATCH the backbone is not loaded and, since its layers are random, not frozen either (its BNs
-    train normally); the original always starts from ImageNet weights. The light "resnet18" is always trained
-    from scratch. ``init_weights`` False builds the same model (the same frozen layers) without reading the
-    ImageNet file: for a model whose every tensor comes from a snapshot next.
+    train normally). The light "resnet18" is always trained from scratch. ``init_weights`` False builds the same
+    model (the same frozen layers) without reading the ImageNet file: for a model whose every tensor comes from a
+    snapshot next.
     """
     if net_cfg.MODEL not in MODELS:
         raise UserError(f"unknown model {net_cfg.MODEL!r} (NET.MODEL); valid: {', '.join(MODELS)}")

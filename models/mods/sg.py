@@ -13,9 +13,9 @@ def stochastic_gate(deep: torch.Tensor, shallow: torch.Tensor, psi: float, train
     """deep, shallow [B,C,h,w] -> [B,C,h,w].
 
     Training: r ~ Bernoulli(1 - psi) per element, ``r (deep - psi shallow) / (1 - psi) + (1 - r) shallow``, whose
-    expectation is ``deep``. Test: ``(1 - psi) deep + psi shallow`` (the original's choice, not the expectation).
-    The mask is drawn as ``(1 - psi) dropout(ones, psi)`` (SPEC 5.6), so that a seed gives the original's random
-    stream (SPEC appendix C).
+    expectation is ``deep``. Test: ``(1 - psi) deep + psi shallow`` (SPEC 5.6, not the expectation).
+    The mask is drawn as ``(1 - psi) dropout(ones, psi)`` (SPEC 5.6), so that a seed gives the random stream of
+    SPEC appendix C.
     """
     if deep.shape[1] != shallow.shape[1]:
         raise ValueError(f"stochastic gate needs equal channels, got {deep.shape[1]} and {shallow.shape[1]}")
