@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The shared part of launch/run_voc_*.sh, launch/run_bsl_*.sh and launch/run_torchrun.sh (sourced, not run).
 # The sourcing script sets CONFIG, MODEL_SETS (--set pairs of its own, e.g. the baseline's) and optionally RUNNER
-# (the launcher, default: python), and DS/EXP/RUN_ID as the original's templates.
+# (the launcher, default: python), and DS/EXP/RUN_ID as the templates of SPEC 10.
 #
 # Environment: EXP, RUN_ID (required), DS (pascal_voc), LOGDIR (./logs), SNAPSHOT_DIR (./snapshots),
 # EXTRA_ARGS (more train.py arguments; its --set pairs join the script's after one --set, later ones win),

@@ -94,7 +94,7 @@ else
 fi
 done_stage
 
-# the snapshot a finished run left: the best-scoring one, as the original selects
+# the snapshot a finished run left: the best-scoring one (the highest Xs score, SPEC 7.5)
 best_suffix() {
   python - "$1" <<'PY'
 import glob, os, re, sys

@@ -41,8 +41,8 @@ ARGS=(--dataset "$DATASET" --data "$DATA_ROOT" --filelist "$FILELIST")
 # shellcheck disable=SC2206
 [ -n "$EXTRA_ARGS" ] && EXTRA=($EXTRA_ARGS) || EXTRA=()
 
-# <masks> -> <masks>.eval (the report) and <masks>.scores.log (per-image ranking; the original's two
-# concurrent evaluations overwrote one ./scores.log)
+# <masks> -> <masks>.eval (the report) and <masks>.scores.log (per-image ranking; one file per evaluation, so
+# that the two concurrent evaluations do not write the same ./scores.log)
 evaluate() {
   local save_dir="$1"
   local cmd=(python eval_seg.py "${ARGS[@]}" --masks "$save_dir" --log-scores "$save_dir.scores.log" "${EXTRA[@]}")
