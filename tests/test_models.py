@@ -399,3 +399,34 @@ def test_stochastic_gate_mask_is_the_originals_dropout_of_ones():
     torch.manual_seed(3)
     r = 0.7 * torch.nn.functional.dropout(torch.ones_like(x1), p=0.3)
     assert torch.equal(out, r * (x1 - 0.3 * x2) / 0.7 + (1 - r) * x2)
+
+
+@pytest.mark.parametrize("size, dilation, kernel", [
+    ((21, 21), 24, (1, 1)),  # ResNet-50 at crop 321, rates 24 and 36: only the centre tap reads the map
+    ((28, 21), 24, (3, 1)),  # rows reach inside the map, columns do not
+    ((9, 9), 9, (1, 1)),  # dilation = size: the outer taps of every position just miss the map
+    ((10, 10), 9, (3, 3)),  # one pixel more: position 0 reads 9 and position 9 reads 0
+])
+def test_atrous_conv_drops_only_the_taps_that_read_padding(size, dilation, kernel, monkeypatch):
+    """ASPP's dilated convolution without the kernel taps that fall into the zero padding at every position: the
+    same outputs and gradients as the full 3x3 convolution (the dropped taps' gradients stay zero)."""
+    import torch.nn.functional as F
+
+    from models.mods.aspp import atrous_conv2d
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, *size, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 5, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 4, *size, generator=g, dtype=torch.float64)
+    ref = F.conv2d(x, w, padding=dilation, dilation=dilation)
+    ref_x, ref_w = torch.autograd.grad(ref, (x, w), grad)
+    shapes = []
+    real = F.conv2d
+    monkeypatch.setattr(F, "conv2d", lambda inp, weight, *a, **k: shapes.append(weight.shape) or real(inp, weight,
+                                                                                                     *a, **k))
+    out = atrous_conv2d(x, w, dilation)
+    out_x, out_w = torch.autograd.grad(out, (x, w), grad)
+    assert shapes == [(4, 5, *kernel)]
+    assert torch.allclose(out, ref, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(out_x, ref_x, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(out_w, ref_w, rtol=1e-12, atol=1e-12)
