@@ -11,7 +11,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from datasets.voc import IGNORE_INDEX, NUM_CLASSES, labels_from_mask
+from datasets.voc import IGNORE_INDEX, NUM_CLASSES, labels_from_mask, mask_values
 from utils.errors import UserError
 
 MAX_REPORTED = 20  # missing files listed in one error before "and N more"
@@ -152,7 +152,7 @@ def load_mask(path: str) -> Image.Image:
 
 def check_mask_values(mask: np.ndarray, num_classes: int = NUM_CLASSES) -> None:
     """ValueError naming the values of a class-index mask outside 0..C-1 (0..20 for VOC) and 255."""
-    values = np.unique(mask)
+    values = mask_values(mask)
     bad = values[(values >= num_classes) & (values != IGNORE_INDEX)]
     if len(bad):
         raise ValueError(f"values {bad.tolist()[:5]} outside 0..{num_classes - 1} and {IGNORE_INDEX}")

