@@ -155,3 +155,30 @@ def test_original_stochastic_gate_draws_with_dropout():
     assert torch.all((out - kept).abs() < 1e-5) == torch.all(out != -1.0)
     assert ((out - kept).abs() < 1e-5).float().mean().item() == pytest.approx(1 - psi, abs=0.03)
     assert torch.allclose(StochasticGateSpec(psi).eval()(x1, x2), torch.full_like(x1, (1 - psi) * 2.0 - psi))
+
+
+def test_data_bench_reports_both_samples_and_workers_needed(tmp_path):
+    """bench/data.py on two images: figures for ours and the original's sample, and the workers a GPU step needs."""
+    out = tmp_path / "data.json"
+    proc = run_script("bench/data.py", "--images", "2", "--rounds", "1", "--out", str(out))
+    assert proc.returncode == 0, describe(proc)
+    result = json.loads(out.read_text())
+    for crop in ("321", "448"):
+        rates = result["figures"][crop]["images_per_s_per_worker"]
+        assert rates["ours"] > 0 and rates["baseline"] > 0
+    assert all(n["workers"] >= 1 for n in result["gpu_workers_needed"].values())
+
+
+def test_original_training_sample_matches_ours_in_shape_and_labels(synthetic_root):
+    """The original's sample (bench/baselines/transforms_spec.py) and ours: same tensor shapes, same labels."""
+    from bench.baselines.transforms_spec import TrainSampleSpec
+    from datasets.pascal_voc import VOCSegmentation
+    from utils.config import get_cfg_defaults
+
+    cfg = get_cfg_defaults()
+    cfg.DATASET.ROOT, cfg.DATASET.CROP_SIZE = synthetic_root, 40
+    ours = VOCSegmentation(cfg, "train")
+    spec = TrainSampleSpec(ours.items, 40)
+    for i in range(len(ours)):
+        a, b = ours[i], spec[i]
+        assert a[0].shape == b[0].shape == (3, 40, 40) and torch.equal(a[1], b[1])
