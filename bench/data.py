@@ -22,15 +22,14 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader, Subset  # noqa: E402
+import torch
+from torch.utils.data import DataLoader, Subset
 
-from bench.baselines.transforms_spec import TrainSampleSpec  # noqa: E402
-from bench.common import write_results  # noqa: E402
-from datasets.pascal_voc import VOCSegmentation, collate_skip_none  # noqa: E402
-from utils.config import get_cfg_defaults  # noqa: E402
+from bench.baselines.transforms_spec import TrainSampleSpec
+from bench.common import write_results
+from datasets.pascal_voc import VOCSegmentation, collate_skip_none
+from utils.config import get_cfg_defaults
 
 CROPS = (321, 448)  # ResNet38's crop; VGG16's and the ResNets'
 # training steps on one H100 (bench/README.md): resnet38, batch 16 at crop 321
