@@ -38,6 +38,7 @@ from utils.config import INFER_RANGES, AttrDict, range_problems
 from utils.dcrf import CRFParams, require_pydensecrf
 from utils.dist import DistContext, all_reduce_sum, init_distributed, shutdown
 from utils.errors import UserError, run_main
+from utils.fastpath import inference_fast_path
 from utils.fileio import check_writable_dir, dir_problem
 from utils.inference_tools import (WriterOptions, WriterPool, class_presence, merge_crops, merge_multiscale,
                                    write_outputs)
@@ -258,6 +259,7 @@ def infer(args: argparse.Namespace, cfg: AttrDict, dirs: RunDirs, ctx: DistConte
         check_writable_dir(d, "--mask-output-dir")
     dirs.make()  # SPEC 2.4: inference creates the run's directories too
     print(f"Inference batch size: {num_variants(cfg.TEST)}")
+    model = inference_fast_path(model, cfg.TEST, ctx.device)  # TEST.FAST: bf16 autocast where it pays
     done, skipped, elapsed = run_inference(model, items[ctx.rank::ctx.world_size], args, cfg, ctx, writer_opts)
     if ctx.distributed:
         done, skipped = all_reduce_sum(torch.tensor([done, skipped]), ctx).tolist()

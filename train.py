@@ -133,8 +133,9 @@ def run(args: argparse.Namespace, argv: list[str], cfg: AttrDict, ctx: DistConte
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = get_arg_parser("Single-stage semantic segmentation: training").parse_args(argv)
-    cfg = load_run_cfg(args)
-    ctx = init_distributed(select_device(args.device))
+    device = select_device(args.device)
+    cfg = load_run_cfg(args, device)  # TRAIN.FAST resolved for the device
+    ctx = init_distributed(device)
     try:
         with main_prints_only(ctx):
             return run(args, argv, cfg, ctx)

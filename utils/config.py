@@ -94,6 +94,11 @@ _DEFAULTS = {
         "CHANNELS_LAST": False,
         # torch.compile the model (start-up cost; off by default)
         "COMPILE": False,
+        # the fast path: sets AMP, CHANNELS_LAST and COMPILE to what pays on the device (utils/fastpath.py): bf16
+        # autocast and channels_last on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX); float32, contiguous,
+        # on other CPUs, where bf16 convolutions have no fast kernel; torch.compile nowhere (on a CPU it compiles
+        # for minutes and the steps are no faster). Not the original's numbers: bf16 rounds
+        "FAST": False,
         # train the segmentation head on the GT masks instead of pseudo labels: a fully supervised reference
         # for the same network (the demo's upper bound; not the paper's method)
         "FULLY_SUPERVISED": False,
@@ -116,6 +121,10 @@ _DEFAULTS = {
         "NUM_CLASSES": 21,
         "USE_GT_LABELS": False,
         "FP_CUT_SCORE": 0.1,
+        # --- additions ---
+        # the fast path of inference (utils/fastpath.py): bf16 autocast on GPUs and on CPUs with native bf16; no
+        # change on other CPUs. Masks then differ from float32's at a few pixels near class boundaries
+        "FAST": False,
     },
     "DATASET": {
         "CROP_SIZE": 321,

@@ -24,6 +24,7 @@ import torch
 from utils.config import AttrDict, cfg_to_yaml, load_cfg
 from utils.dist import DistContext
 from utils.errors import UserError
+from utils.fastpath import apply_train_fast_path
 from utils.fileio import check_writable_dir, dir_problem, write_text
 from utils.procs import StopSignal
 
@@ -81,9 +82,14 @@ def get_arg_parser(description: str = "Model Evaluation", hidden: Iterable[str] 
     return p
 
 
-def load_run_cfg(args: argparse.Namespace) -> AttrDict:
-    """Defaults, then ``--cfg``, then ``--set``, frozen: nothing changes the config of a run after the merge."""
-    return load_cfg(args.cfg_file, args.set_cfgs).freeze()
+def load_run_cfg(args: argparse.Namespace, device: torch.device | None = None) -> AttrDict:
+    """Defaults, then ``--cfg``, then ``--set``; for a training run on ``device``, TRAIN.FAST resolved into
+    TRAIN.AMP, TRAIN.CHANNELS_LAST and TRAIN.COMPILE (utils/fastpath.py), so that the run record says what ran.
+    Frozen: nothing changes the config of a run after this."""
+    cfg = load_cfg(args.cfg_file, args.set_cfgs)
+    if device is not None:
+        apply_train_fast_path(cfg, device)
+    return cfg.freeze()
 
 
 def select_device(name: str) -> torch.device:
