@@ -6,7 +6,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source tools/setup_env.sh
 mkdir -p bench/results
 status=0
-for b in pamr eval crf infer train_step; do
+for b in pamr eval crf infer infer_loop data train_step; do
   echo "=== bench/$b.py"
   if ! python "bench/$b.py"; then
     echo "bench/$b.py FAILED" >&2
