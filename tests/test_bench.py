@@ -157,6 +157,16 @@ def test_original_stochastic_gate_draws_with_dropout():
     assert torch.allclose(StochasticGateSpec(psi).eval()(x1, x2), torch.full_like(x1, (1 - psi) * 2.0 - psi))
 
 
+def test_inference_loop_bench_gives_the_originals_masks(tmp_path):
+    """bench/infer_loop.py end to end on one image: infer_val.py and the original's loop transcribed write the same
+    masks, plain and CRF (the check of the bench, not its times)."""
+    out = tmp_path / "infer_loop.json"
+    proc = run_script("bench/infer_loop.py", "--images", "1", "--rounds", "1", "--workers", "1", "--out", str(out))
+    assert proc.returncode == 0, describe(proc)
+    r = json.loads(out.read_text())["figures"]["reduced"]
+    assert r["masks_compared"] == 2 and r["same_masks"] and r["best_s"]["ours"] > 0 and r["best_s"]["baseline"] > 0
+
+
 def test_data_bench_reports_both_samples_and_workers_needed(tmp_path):
     """bench/data.py on two images: figures for ours and the original's sample, and the workers a GPU step needs."""
     out = tmp_path / "data.json"
