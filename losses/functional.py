@@ -83,7 +83,8 @@ def balanced_mask_loss(logits: torch.Tensor, pseudo: torch.Tensor, labels: torch
     of its GT classes or the background gets no loss: its pseudo labels are not trusted.
     """
     h, w = pseudo.shape[-2:]
-    logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=True)  # [B,C,H,W]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 logits in float32
+    logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=True)  # [B,C,H,W]
     target = pseudo.argmax(1)  # [B,H,W]
     target[pseudo.sum(1) < 1] = IGNORE_INDEX
     n_c = pseudo.sum((2, 3))  # [B,C]

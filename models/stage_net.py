@@ -188,15 +188,16 @@ class SingleStageNet(_BackboneHead):
         x1 = self.fc8_x(torch.cat((a, s), dim=1))  # deep features [B,256,h,w]
         x2 = self.shallow_mask(conv3, x1)  # shallow features with global cues [B,256,h,w]
         fg = self.last_conv(self.sg(x1, x2))  # [B,20,h,w]
-        # the paper's maths in float32, also under autocast
+        # the paper's maths in float32, also under autocast (float64 stays float64: the bench's equivalence check)
+        dtype = torch.promote_types(fg.dtype, torch.float32)
         with torch.autocast(device_type=image.device.type, enabled=False):
-            x = add_background_logit(fg.float())  # logits [B,21,h,w]
+            x = add_background_logit(fg.to(dtype))  # logits [B,21,h,w]
             masks = torch.softmax(x, dim=1)  # [B,21,h,w]
             cls = class_scores(x, masks, self.focal_p, self.focal_lambda)  # [B,20]
             if test_mode:
                 return {"cls": cls, "masks": F.interpolate(masks, size=size, mode="bilinear", align_corners=True)}
-            labels = labels.float()
-            small = F.interpolate(image_raw.float(), size=x.shape[-2:], mode="bilinear", align_corners=True)
+            labels = labels.to(dtype)
+            small = F.interpolate(image_raw.to(dtype), size=x.shape[-2:], mode="bilinear", align_corners=True)
             refined = self._aff(small, masks.detach())  # [B,21,h,w]
             cam = rescale_and_clean(masks, labels, size)  # [B,21,H,W]
             dec = rescale_and_clean(refined, labels, size)  # [B,21,H,W]

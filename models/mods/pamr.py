@@ -130,10 +130,11 @@ def pamr_propagate(mask: torch.Tensor, alpha: torch.Tensor, dilations: tuple[int
 
 def pamr(image: torch.Tensor, mask: torch.Tensor, dilations: tuple[int, ...], iters: int) -> torch.Tensor:
     """Refine mask [B, C, h, w] with the image [B, K, H, W] -> [B, C, H, W], in float32 whatever the autocast
-    state (the affinities divide by small standard deviations). The mask is first resized to the image
-    (bilinear, align_corners=True, SPEC 5.8)."""
+    state (the affinities divide by small standard deviations), or in float64 for float64 masks. The mask is first
+    resized to the image (bilinear, align_corners=True, SPEC 5.8)."""
+    dtype = torch.promote_types(mask.dtype, torch.float32)
     with torch.autocast(device_type=image.device.type, enabled=False):
-        image, mask = image.float(), mask.float()
+        image, mask = image.to(dtype), mask.to(dtype)
         if mask.shape[-2:] != image.shape[-2:]:
             mask = F.interpolate(mask, size=image.shape[-2:], mode="bilinear", align_corners=True)
         return pamr_propagate(mask, pamr_affinity(image, dilations), dilations, iters)
