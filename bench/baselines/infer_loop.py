@@ -3,7 +3,8 @@
     python bench/baselines/infer_loop.py --cfg CFG --snapshot model_enc_X.pth --infer-list LIST --data-root ROOT \
         --out DIR --workers N
 
-The project's model and snapshot (the network is the same; the loop around it is the original's):
+The snapshot loaded into the original's formulation of the "ae" network (bench/baselines/stage_spec.py: its
+ASPP, GCI and decoder in test mode, the backbone the project's), and the loop around it the original's:
 * the dataset's length is (variants per image) x images, and every item opens and decodes its image again,
   normalises the whole image (float64) and one variant: PIL bicubic resize, flip of the odd variants, zero padding
   to TEST.PAD_SIZE, normalisation of the padded canvas times (1 - pad mask); a DataLoader batch of TEST.BATCH_SIZE
@@ -154,6 +155,7 @@ class WriterSpec:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from bench.baselines.stage_spec import SingleStageSpec
     from models import build_model
     from models.weights import load_snapshot
     from utils.config import load_cfg
@@ -176,8 +178,10 @@ def main(argv: list[str] | None = None) -> None:
         os.makedirs(os.path.join(args.out, sub), exist_ok=True)
     net_cfg = cfg.NET
     net_cfg.FROM_SCRATCH = True  # every tensor comes from the snapshot
-    model = build_model(net_cfg, num_classes=cfg.TEST.NUM_CLASSES)
-    load_snapshot(model, args.snapshot)
+    ours = build_model(net_cfg, num_classes=cfg.TEST.NUM_CLASSES)
+    load_snapshot(ours, args.snapshot)
+    model = SingleStageSpec.from_model(ours) if net_cfg.MODEL == "ae" else ours
+    del ours
     for q in model.parameters():
         q.requires_grad = False
     model.eval()

@@ -4,7 +4,8 @@ the nGWP and focal terms over flattened masks, the PAMR of bench/baselines/pamr_
 iteration), the pseudo ground truth and the class-balanced loss, all in float32. The backbone is the project's
 module (a deep copy). ``SingleStageSpec.from_model`` loads every parameter and buffer of a project model, so the
 two run the same step; ``first_step_difference`` compares their losses and gradients. The baseline of
-bench/train_step.py and the reference of tests/test_bench.py.
+bench/train_step.py (training) and of bench/baselines/infer_loop.py (test mode), and the reference of
+tests/test_bench.py.
 """
 from __future__ import annotations
 
@@ -138,7 +139,8 @@ def balanced_mask_loss_ce(mask: torch.Tensor, pseudo_gt: torch.Tensor, gt_labels
 
 class SingleStageSpec(nn.Module):
     """``(image, image_raw, labels) -> {"cls", "cls_fg", "cam", "dec", "logits", "pseudo", "loss_mask"}`` (the
-    training outputs of SPEC 5.9, as the keys of the project's model)."""
+    training outputs of SPEC 5.9, as the keys of the project's model); ``(image) -> {"cls", "masks"}`` in test
+    mode."""
 
     def __init__(self, backbone: nn.Module, c3: int, c6: int, num_classes: int = 21, focal_p: float = 3,
                  focal_lambda: float = 0.01, pamr_iter: int = 10, pamr_kernel: tuple[int, ...] = (1, 2, 4, 8, 12, 24),
@@ -187,7 +189,10 @@ class SingleStageSpec(nn.Module):
             modules[name].eval()
         return self
 
-    def forward(self, y: torch.Tensor, y_raw: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, y: torch.Tensor, y_raw: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Test mode (SPEC 5.9: neither ``y_raw`` nor ``labels``) returns {"cls", "masks"}, the masks upsampled to
+        the input size; otherwise the training outputs."""
         test_size = y.size()[-2:]
         feats = self.backbone(y)
         x2_x, x = feats["conv3"], feats["conv6"]
@@ -208,6 +213,8 @@ class SingleStageSpec(nn.Module):
         mask_norm = masks_.mean(-1)
         cls_2 = focal_loss(mask_norm, p=self.focal_p, c=self.focal_lambda)
         cls = cls_1[:, 1:] + cls_2[:, 1:]
+        if y_raw is None and labels is None:
+            return {"cls": cls, "masks": F.interpolate(masks, size=test_size, mode="bilinear", align_corners=True)}
         mask_logits = x
         cls_fg = (mask_norm[:, 1:] * labels).sum(-1) / labels.sum(-1)
         y_raw_small = F.interpolate(y_raw, size=(h, w), mode="bilinear", align_corners=True)
