@@ -5,6 +5,7 @@ the numerics are checked here with the resolution of a CPU that has it."""
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -138,3 +139,19 @@ def test_inference_masks_agree_with_float32(synthetic_root, monkeypatch):
         classes |= set(ref.unique().tolist())
     assert len(classes) > 1  # the masks are not trivially one class
     assert agree / total >= MIN_AGREEMENT, agree / total
+
+
+def test_train_cli_records_the_resolved_fast_path(synthetic_root, tmp_path):
+    """train.py --set TRAIN.FAST True: the run's config.yaml holds what the fast path resolved to on this machine,
+    whatever TRAIN.AMP / CHANNELS_LAST / COMPILE said."""
+    import yaml
+    from train_helpers import run_dir, run_train, train_args
+
+    r = run_train(train_args(synthetic_root, str(tmp_path), "fast", epochs=0, iters=1, extra=["--device", "cpu"],
+                             sets=["TRAIN.FAST", "True", "TRAIN.AMP", "fp16", "TRAIN.COMPILE", "True",
+                                   "TRAIN.VAL_TRAIN_VOC", "False"]))
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(os.path.join(run_dir(str(tmp_path), "fast", "logs"), "config.yaml")) as f:
+        train = yaml.safe_load(f)["TRAIN"]
+    expected = fast_settings(CPU, training=True)
+    assert (train["AMP"], train["CHANNELS_LAST"], train["COMPILE"]) == (expected.amp, expected.channels_last, False)
