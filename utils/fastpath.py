@@ -1,7 +1,7 @@
 """The fast path (TRAIN.FAST for training, TEST.FAST for inference): the precision, memory format and compilation
 that pay on the device, decided here and nowhere else.
 
-Measured on this project's machines (bench/README.md, bench/train_step.py and bench/infer_loop.py):
+Measured on this project's machines (bench/README.md; bench/train_step.py and bench/infer_loop.py):
 
 * CUDA: bf16 autocast (fp16 with a gradient scaler on GPUs without bf16) and channels_last, the layout of cuDNN's
   tensor-core convolutions; bf16 gave resnet38's step at batch 16 1.5x over float32 on an H100. torch.compile is
@@ -12,8 +12,8 @@ Measured on this project's machines (bench/README.md, bench/train_step.py and be
   to a reference kernel: a 3x3 convolution of 256 channels on an 81x81 map took 83 s in bf16 against 0.6 s in
   float32 on an AVX2 machine. channels_last is slower for training there (VGG16's step 1.3x slower, its backward
   convolutions run a slower kernel) and a little faster for inference (about 1.1x; infer_val.py uses it by
-  default). torch.compile does not pay on a CPU: 13 minutes of compilation for VGG16's training step on 2 cores,
-  then steps no faster than eager ones.
+  default). torch.compile does not pay on a CPU: compiling VGG16's training step (crop 128, one thread) took 13
+  minutes, and the compiled steps were no faster than eager ones.
 
 For training the settings are what the keys TRAIN.AMP, TRAIN.CHANNELS_LAST and TRAIN.COMPILE set by hand: with
 TRAIN.FAST True ``apply_train_fast_path`` writes the resolved values into those keys, overriding them, so that the
