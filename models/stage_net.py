@@ -188,7 +188,7 @@ class SingleStageNet(_BackboneHead):
         x1 = self.fc8_x(torch.cat((a, s), dim=1))  # deep features [B,256,h,w]
         x2 = self.shallow_mask(conv3, x1)  # shallow features with global cues [B,256,h,w]
         fg = self.last_conv(self.sg(x1, x2))  # [B,20,h,w]
-        # the paper's maths in float32, also under autocast (float64 stays float64: the bench's equivalence check)
+        # the paper's maths in float32 also under autocast; float64 stays float64 (bench/train_step.py's check)
         dtype = torch.promote_types(fg.dtype, torch.float32)
         with torch.autocast(device_type=image.device.type, enabled=False):
             x = add_background_logit(fg.to(dtype))  # logits [B,21,h,w]
@@ -232,13 +232,14 @@ class CAMNet(_BackboneHead):
         size = image.shape[-2:]
         conv6 = self.backbone(image)["conv6"]  # [B,F,h8,w8]
         cls = self.cls_branch(conv6).flatten(1)  # [B,20]
+        dtype = torch.promote_types(cls.dtype, torch.float32)  # float32 also under autocast; float64 stays
         with torch.autocast(device_type=image.device.type, enabled=False):
-            cls = cls.float()
-            cams = F.interpolate(self.fc8(conv6).float(), size=size, mode="bilinear", align_corners=True).relu()
+            cls = cls.to(dtype)
+            cams = F.interpolate(self.fc8(conv6).to(dtype), size=size, mode="bilinear", align_corners=True).relu()
             cams = cams / (BSL_MASK_EPS + cams.flatten(2).amax(2)[:, :, None, None])  # [B,20,H,W] in [0,1)
             masks = torch.cat((torch.full_like(cams[:, :1], self.bg_score), cams), dim=1)  # [B,21,H,W]
             if labels is None:
                 return {"cls": cls, "masks": masks}
-            labels = labels.float()
+            labels = labels.to(dtype)
             return {"cls": cls, "cls_fg": foreground_coverage(masks, labels),
                     "cam": rescale_and_clean(masks, labels, size), "masks": masks}

@@ -214,6 +214,20 @@ def test_mixed_precision_keeps_the_maths_in_float32():
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in out.values())
 
 
+@pytest.mark.parametrize("kind", ["ae", "bsl"])
+def test_float64_model_keeps_its_maths_in_float64(kind):
+    """A float64 model computes its scores, masks, PAMR and loss in float64 (the bench's equivalence check needs
+    it), and its float64 outputs round to the float32 model's."""
+    m = make("resnet18", kind).eval()
+    image, image_raw, labels = batch()
+    out32 = m(image, image_raw, labels)
+    out64 = m.double()(image.double(), image_raw.double(), labels.double())
+    assert out64.keys() == out32.keys()
+    for k, v in out64.items():
+        assert v.dtype == (torch.float64 if v.is_floating_point() else out32[k].dtype), k
+        assert torch.allclose(v.float(), out32[k], atol=1e-4), k
+
+
 # --- building from the config ---
 
 def net_cfg(backbone: str, model: str = "ae", **extra) -> dict:

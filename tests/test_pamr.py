@@ -103,6 +103,14 @@ def test_module_defaults_are_the_originals():
     assert torch.allclose(module(image, mask), pamr(image, mask, (1,), 1))
 
 
+def test_float64_stays_float64():
+    torch.manual_seed(3)
+    image, mask = torch.rand(1, 3, 16, 16), torch.softmax(torch.randn(1, 3, 16, 16), 1)
+    out = pamr(image.double(), mask.double(), DILATIONS, ITERS)
+    assert out.dtype == torch.float64
+    assert torch.allclose(out.float(), pamr(image, mask, DILATIONS, ITERS), atol=1e-6)
+
+
 def test_float32_under_autocast():
     torch.manual_seed(3)
     image, mask = torch.rand(1, 3, 16, 16), torch.softmax(torch.randn(1, 3, 16, 16), 1)

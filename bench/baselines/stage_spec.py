@@ -1,7 +1,8 @@
 """The single-stage model "ae" and its training loss transcribed directly from SPEC 5.2-5.12, as the original
 formulates them: the ASPP and GCI modules, the Stochastic Gate drawn with ``F.dropout`` on a cached all-ones tensor,
 the nGWP and focal terms over flattened masks, the PAMR of bench/baselines/pamr_spec.py (48 mask copies per
-iteration), the pseudo ground truth and the class-balanced loss, all in float32. The backbone is the project's
+iteration), the pseudo ground truth and the class-balanced loss, in the dtype of its parameters (float32 as the
+original; float64 for the equivalence check of bench/train_step.py). The backbone is the project's
 module (a deep copy). ``SingleStageSpec.from_model`` loads every parameter and buffer of a project model, so the
 two run the same step; ``first_step_difference`` compares their losses and gradients. The baseline of
 bench/train_step.py (training) and of bench/baselines/infer_loop.py (test mode), and the reference of
