@@ -22,8 +22,9 @@ actually runs, padding taps left out); the peak is the best rate of matrix produ
 step's precision and thread count (``peak_rate``), measured before the first configuration and after each one, so
 that it shares the machine's load with the steps. "of peak" is the fastest timed step against the best peak
 measured so far in the table, and against the best peak of the whole run in the JSON and the closing lines.
-Backbones are built from scratch (no ImageNet files needed); the step's cost does not depend on the weights. Both
-variants must give the same loss on the first step (float tolerance), which the bench checks.
+The models are those of a pretrained run, with its frozen layers and BNs (the original freezes them always: VGG16's
+conv1 gets no gradients), and random weights: the step's cost does not depend on them, so no ImageNet file is
+needed. The variants must give the same loss on the first step (float tolerance), which the bench checks.
 """
 from __future__ import annotations
 
@@ -89,9 +90,11 @@ def _reset_peak_rss() -> bool:
 
 def build(backbone: str, pamr: str, device: torch.device, channels_last: bool, seed: int = 0):
     cfg = get_cfg_defaults()
-    cfg.NET.BACKBONE, cfg.NET.MODEL, cfg.NET.FROM_SCRATCH = backbone, "ae", True
+    cfg.NET.BACKBONE, cfg.NET.MODEL = backbone, "ae"
     torch.manual_seed(seed)
-    model = build_model(cfg.NET)
+    # a pretrained run's model (its frozen layers and BNs, as the original's always are) with random weights: the
+    # step's cost does not depend on the weights, so no ImageNet file is read
+    model = build_model(cfg.NET, init_weights=False)
     if pamr == "spec":
         model._aff = PAMRSpec(cfg.NET.PAMR_ITER, tuple(cfg.NET.PAMR_KERNEL))
     model.to(device).train()

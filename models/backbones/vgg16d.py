@@ -1,11 +1,16 @@
 """Dilated VGG16 (SPEC 4.3): conv3 after conv3_3 (stride 4), conv6 after fc7 (stride 8, 1024 channels)."""
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from models.backbones.base import Backbone
+
+# in place: a convolution's backward needs its input, not its output, so no tensor autograd saved is overwritten
+_relu = partial(F.relu, inplace=True)
 
 
 class VGG16d(Backbone):
@@ -39,13 +44,13 @@ class VGG16d(Backbone):
         return [self.conv1_1, self.conv1_2]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.pool1(F.relu(self.conv1_2(F.relu(self.conv1_1(x)))))
-        x = self.pool2(F.relu(self.conv2_2(F.relu(self.conv2_1(x)))))
-        x = F.relu(self.conv3_3(F.relu(self.conv3_2(F.relu(self.conv3_1(x))))))
+        x = self.pool1(_relu(self.conv1_2(_relu(self.conv1_1(x)))))
+        x = self.pool2(_relu(self.conv2_2(_relu(self.conv2_1(x)))))
+        x = _relu(self.conv3_3(_relu(self.conv3_2(_relu(self.conv3_1(x))))))
         conv3 = x  # [B,256,H/4,W/4]
         x = self.pool3(x)
-        x = self.pool4(F.relu(self.conv4_3(F.relu(self.conv4_2(F.relu(self.conv4_1(x)))))))
-        x = F.relu(self.conv5_3(F.relu(self.conv5_2(F.relu(self.conv5_1(x))))))
-        x = self.drop6(F.relu(self.fc6(x)))
-        conv6 = F.relu(self.fc7(x))  # [B,1024,H/8,W/8]
+        x = self.pool4(_relu(self.conv4_3(_relu(self.conv4_2(_relu(self.conv4_1(x)))))))
+        x = _relu(self.conv5_3(_relu(self.conv5_2(_relu(self.conv5_1(x))))))
+        x = self.drop6(_relu(self.fc6(x)))
+        conv6 = _relu(self.fc7(x))  # [B,1024,H/8,W/8]
         return {"conv3": conv3, "conv6": conv6}
