@@ -10,4 +10,8 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } >/dev/null 2>&1 \
     || echo "warning: could not install chromium; the report rendering test will fail" >&2
 fi
-exec python -m pytest "$@"
+# one pytest worker per core, up to 4 (pytest-xdist); a test file stays on one worker, so that its module fixtures
+# (the shortened demo, trained snapshots) are built once. `bash tests/run.sh -n 0` runs in this process alone
+workers=$(nproc 2>/dev/null || echo 1)
+[ "$workers" -gt 4 ] && workers=4
+exec python -m pytest -n "$workers" --dist loadfile "$@"

@@ -3,6 +3,7 @@ single-process step on the same global batch when batch statistics play no part.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 
 import pytest
@@ -92,7 +93,10 @@ def test_torchrun_two_processes_through_the_launch_script(synthetic_root, tmp_pa
     args = train_args(synthetic_root, "", "x", epochs=2)
     sets = args[args.index("--set") + 1:]
     e = env()
-    e.update(FOREGROUND="1", NPROC="2", EXP="t", RUN_ID="ddp", LOGDIR=str(tmp_path / "logs"),
+    with socket.socket() as probe:  # a free port: other test workers may run torchrun at the same time
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    e.update(FOREGROUND="1", NPROC="2", MASTER_PORT=port, EXP="t", RUN_ID="ddp", LOGDIR=str(tmp_path / "logs"),
              SNAPSHOT_DIR=str(tmp_path / "snapshots"),
              EXTRA_ARGS="--workers 0 --random-seed 1 --set " + " ".join(sets))
     r = subprocess.run(["bash", os.path.join(ROOT, "launch", "run_torchrun.sh")], cwd=str(tmp_path), env=e,
