@@ -23,7 +23,8 @@ def build_model(net_cfg, num_classes: int = 21, init_weights: bool = True) -> nn
     """
     if net_cfg.MODEL not in MODELS:
         raise UserError(f"unknown model {net_cfg.MODEL!r} (NET.MODEL); valid: {', '.join(MODELS)}")
-    backbone = build_backbone(net_cfg.BACKBONE, pretrained=not net_cfg.FROM_SCRATCH, light_width=net_cfg.LIGHT_WIDTH)
+    backbone = build_backbone(net_cfg.BACKBONE, pretrained=not net_cfg.FROM_SCRATCH, light_width=net_cfg.LIGHT_WIDTH,
+                              last_stage=net_cfg.LAST_STAGE)
     if backbone.pretrained and init_weights:
         load_init_weights(backbone, net_cfg.PRE_WEIGHTS_PATH, net_cfg.BACKBONE)
     if net_cfg.MODEL == "ae":

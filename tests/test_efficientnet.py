@@ -97,6 +97,37 @@ def test_dilated_backbone_matches_the_undilated_network(lite0_file):
     assert (logits - expected).abs().max() <= LOGIT_ATOL
 
 
+def test_last_stage_gives_that_stage_of_the_whole_network(lite0_file, capsys):
+    """NET.LAST_STAGE 4: conv6 is the whole network's stage-4 output (112 channels at stride 8) with the same ImageNet
+    weights; the later stages and the head convolution are not built, their tensors in the file are left out."""
+    whole = build_backbone("efficientnet_lite0").eval()
+    load_init_weights(whole, "", "efficientnet_lite0")
+    short = build_backbone("efficientnet_lite0", last_stage=4).eval()
+    load_init_weights(short, "", "efficientnet_lite0")
+    assert "165 tensors loaded, 0 missing" in capsys.readouterr().out
+    assert short.channels == {"conv3": 24, "conv6": 112} and short.conv_head is None and len(short.blocks) == 5
+    x = _imagenet_normalise(_photo("arc2017", 96))
+    with torch.no_grad():
+        feats = short(x)
+        h = whole.bn1(whole.conv_stem(x * whole.in_scale + whole.in_shift))
+        for stage in whole.blocks[:5]:
+            h = stage(h)
+        expected_conv3 = whole(x)["conv3"]
+    assert feats["conv6"].shape == (1, 112, 12, 12) and torch.equal(feats["conv6"], h)
+    assert torch.equal(feats["conv3"], expected_conv3)
+
+
+@pytest.mark.parametrize("backbone, last_stage, message", [
+    ("efficientnet_lite0", 1, "NET.LAST_STAGE is 1; for efficientnet_lite0 use 2 to 6"),
+    ("efficientnet_lite0", 7, "NET.LAST_STAGE is 7; for efficientnet_lite0 use 2 to 6"),
+    ("vgg16", 4, "NET.LAST_STAGE is 4, but it shortens the EfficientNet-Lite backbones only"),
+    ("resnet18", 3, "NET.LAST_STAGE is 3, but it shortens the EfficientNet-Lite backbones only"),
+])
+def test_last_stage_out_of_range_or_on_another_backbone_is_a_user_error(backbone, last_stage, message):
+    with pytest.raises(UserError, match=message):
+        build_backbone(backbone, pretrained=False, last_stage=last_stage)
+
+
 def _cfg(model: str = "ae", **net):
     cfg = get_cfg_defaults()
     cfg.NET.BACKBONE, cfg.NET.MODEL = "efficientnet_lite0", model

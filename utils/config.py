@@ -167,6 +167,9 @@ _DEFAULTS = {
         "HEAD_WIDTH": 256,
         # channels of the first stage of the light resnet18 (64 as torchvision's; the stages have 1, 2, 4, 8 times)
         "LIGHT_WIDTH": 64,
+        # the EfficientNet-Lite backbones' last stage of blocks (conv6 is its output; later stages and the head
+        # convolution left out); -1: the whole network, conv6 the head convolution's 1280 channels
+        "LAST_STAGE": -1,
     },
     "MASKS": {
         "CRF": {
@@ -326,6 +329,7 @@ TRAIN_RANGES: dict[str, tuple[float, float, bool, str]] = {
     "NET.PAMR_KERNEL": (1, INF, False, "PAMR dilations of at least 1 (the original's [1, 2, 4, 8, 12, 24])"),
     "NET.HEAD_WIDTH": (1, INF, False, "a channel count >= 1 (the original's 256)"),
     "NET.LIGHT_WIDTH": (1, INF, False, "a channel count >= 1 (torchvision's 64)"),
+    "NET.LAST_STAGE": (-1, INF, False, "a stage index, or -1 for the whole network"),
     "TRAIN.NUM_EPOCHS": (0, INF, False, "a last epoch >= 0"),
     "TRAIN.PRETRAIN": (0, INF, False, "an epoch >= 0 from which the mask loss joins (the original's 5)"),
     "TRAIN.MASK_LOSS": (0, INF, False, "a loss weight >= 0"),
@@ -335,6 +339,7 @@ INFER_RANGES: dict[str, tuple[float, float, bool, str]] = {
     "NET.PAMR_KERNEL": TRAIN_RANGES["NET.PAMR_KERNEL"],
     "NET.HEAD_WIDTH": TRAIN_RANGES["NET.HEAD_WIDTH"],
     "NET.LIGHT_WIDTH": TRAIN_RANGES["NET.LIGHT_WIDTH"],
+    "NET.LAST_STAGE": TRAIN_RANGES["NET.LAST_STAGE"],
     "TEST.SCALES": (1e-6, INF, False, "image scales > 0 (the original's [1, 0.5, 1.5, 2.0])"),
     "TEST.PAD_SIZE": (1, INF, False, "a canvas [height, width] of at least 1 pixel (the original's [1024, 1024])"),
     "TEST.CROP_SIZE": (1, INF, False, "a crop [height, width] of at least 1 pixel (the original's [448, 448])"),
