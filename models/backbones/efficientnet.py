@@ -44,13 +44,16 @@ def build_timm_net(variant: int, output_stride: int = 32, num_classes: int = 100
                              num_classes=num_classes)
 
 
-def efficientnet_pytorch_to_timm(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, torch.Tensor]:
+def efficientnet_pytorch_to_timm(state: dict[str, torch.Tensor], net: nn.Module,
+                                stage_sizes: list[int] | None = None) -> dict[str, torch.Tensor]:
     """Keys of an EfficientNet-PyTorch state dict (``_conv_stem``, ``_blocks.N._expand_conv``, ``_fc``) renamed to
-    those of the timm network ``net``; the flat block index N runs over timm's stages in order. A state dict that
-    already has timm's keys is returned as it is; keys that fit neither layout are kept (the loader reports them)."""
+    those of the timm network ``net``; the flat block index N runs over timm's stages in order (``stage_sizes``
+    blocks each, by default those of ``net.blocks``). A state dict that already has timm's keys is returned as it
+    is; keys that fit neither layout are kept (the loader reports them)."""
     if "_conv_stem.weight" not in state:
         return state
-    blocks = [f"blocks.{s}.{i}" for s, stage in enumerate(net.blocks) for i in range(len(stage))]
+    sizes = stage_sizes if stage_sizes is not None else [len(stage) for stage in net.blocks]
+    blocks = [f"blocks.{s}.{i}" for s, size in enumerate(sizes) for i in range(size)]
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         m = _BLOCK_KEY.match(key)
@@ -81,6 +84,7 @@ class _EfficientNetLite(Backbone):
                             f"{CONV3_STAGE + 1} to {stages - 1} (the last stage of blocks kept) or "
                             f"{WHOLE_NETWORK} (the whole network with its head convolution)")
         self.conv_stem, self.bn1 = net.conv_stem, net.bn1
+        self._stage_sizes = [len(stage) for stage in net.blocks]  # of the whole network, as in the init files
         if last_stage == WHOLE_NETWORK:
             self.blocks, self.conv_head, self.bn2 = net.blocks, net.conv_head, net.bn2
             conv6 = net.num_features
@@ -97,7 +101,12 @@ class _EfficientNetLite(Backbone):
         return [self.conv_stem, self.bn1]
 
     def convert_init_weights(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return efficientnet_pytorch_to_timm(state, self)
+        """The file's keys in timm's names; with NET.LAST_STAGE the tensors of the stages and head left out dropped."""
+        state = efficientnet_pytorch_to_timm(state, self, self._stage_sizes)
+        if self.conv_head is None:
+            left_out = tuple(f"blocks.{s}." for s in range(len(self.blocks), len(self._stage_sizes)))
+            state = {k: v for k, v in state.items() if not k.startswith(left_out + ("conv_head.", "bn2."))}
+        return state
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.bn1(self.conv_stem(x * self.in_scale + self.in_shift))  # [B,32,H/2,W/2]
