@@ -24,12 +24,12 @@ from utils.checkpoints import resolve_suffix, snapshot_paths
 from utils.config import TRAIN_RANGES, AttrDict, range_problems
 from utils.dist import DistContext, EpochSampler, SeededSamples, all_reduce_sum, per_rank_batch, worker_init
 from utils.errors import UserError
+from utils.fastpath import AMP_DTYPES
 from utils.fileio import save_torch
 from utils.metrics import SNAPSHOT_SCORES
 
 LOG_EVERY = 10  # per-iteration console line every 10 iterations (SPEC 7.3)
 STREAMS = {"train": 0, "train_voc": 1, "val": 2}  # independent augmentation streams of the three loaders
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 Loaders = dict[str, tuple[DataLoader, EpochSampler]]  # split -> its loader and sampler
 
 # --------------------------------------------------------------------------------------------------------------
