@@ -215,3 +215,16 @@ def test_wrong_init_file_is_one_line(tmp_path, synthetic_root):
     assert proc.returncode == EXIT_USER_ERROR, describe(proc)
     lines = stderr_lines(proc)
     assert len(lines) == 1 and "efficientnet-lite0-57934424.pth" in lines[0] and path in lines[0], describe(proc)
+
+
+def test_timm_is_imported_only_for_an_efficientnet():
+    """The entry points start without importing timm (about 0.4 s) unless an EfficientNet is built."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, train, infer_val, eval_seg; assert 'timm' not in sys.modules, 'timm imported'; "
+             "from models.backbones import build_backbone; build_backbone('efficientnet_lite0', pretrained=False); "
+             "assert 'timm' in sys.modules")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
