@@ -9,8 +9,8 @@ on the same images with TEST.SCALES [1, 0.5, 1.5, 2] and TEST.FLIP:
   * baseline: the main process decodes an image, builds its variants (every scale padded to PAD_SIZE), runs the
     network, merges; one image after the other (bench/baselines/infer_pad.py);
   * ours: infer_val.py's path: MultiscaleLoader in --workers DataLoader processes (decoding, resizing and padding
-    overlapped with the network), the network in channels_last memory format, ``infer_val.predict`` (merge where
-    the network ran);
+    overlapped with the network), the network with its batch norms folded (models/fold.py) in channels_last
+    memory format, ``infer_val.predict`` (merge where the network ran);
   * ours --tight-canvas: each scale on its own canvas instead of PAD_SIZE: less compute, different numbers.
 Reported: images/s, the ratio to the baseline, and the largest difference of the merged probabilities from the
 baseline (must be float rounding for the default path), plus how many pixels change label with --tight-canvas.
@@ -19,6 +19,7 @@ The CRF and the PNG writers are measured by bench/crf.py.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import sys
@@ -35,6 +36,7 @@ import infer_val  # noqa: E402
 from bench.baselines.infer_pad import infer_image  # noqa: E402
 from datasets.pascal_voc_ms import build_inference_dataset, get_inference_loader, read_inference_items  # noqa: E402
 from models import build_model  # noqa: E402
+from models.fold import fold_batchnorms  # noqa: E402
 from utils.config import get_cfg_defaults  # noqa: E402
 from utils.fileio import write_json  # noqa: E402
 
@@ -84,14 +86,15 @@ def run_baseline(model, paths: list[str], test_cfg) -> tuple[float, list[torch.T
 
 
 def run_ours(model, folder: str, test_cfg, workers: int, tight: bool, device) -> tuple[float, list[torch.Tensor]]:
-    """infer_val.py's path with its defaults: channels_last, the DataLoader, predict()."""
+    """infer_val.py's path with its defaults: batch norms folded, channels_last, the DataLoader, predict()."""
+    model = copy.deepcopy(model)  # the baseline keeps its batch norms
+    fold_batchnorms(model)
     model.to(memory_format=torch.channels_last)
     t0 = time.perf_counter()
     dataset = build_inference_dataset(read_inference_items(folder, folder), test_cfg, tight=tight)
     out = [infer_val.predict(model, batch, test_cfg, device, channels_last=True).cpu()
            for batch in get_inference_loader(dataset, workers)]
     elapsed = time.perf_counter() - t0
-    model.to(memory_format=torch.contiguous_format)
     return elapsed, out
 
 

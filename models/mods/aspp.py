@@ -23,12 +23,14 @@ def reading_taps(size: int, dilation: int) -> slice:
     return slice(0, 3) if dilation < size else slice(1, 2)
 
 
-def atrous_conv2d(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
-    """``F.conv2d(x, weight, padding=dilation, dilation=dilation)`` for a 3x3 ``weight`` without bias, computed with
-    the kernel rows and columns that read the input only (``reading_taps``). x [B,Cin,h,w] -> [B,Cout,h,w]."""
+def atrous_conv2d(x: torch.Tensor, weight: torch.Tensor, dilation: int,
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, padding=dilation, dilation=dilation)`` for a 3x3 ``weight``, computed with the
+    kernel rows and columns that read the input only (``reading_taps``). x [B,Cin,h,w] -> [B,Cout,h,w]. (The
+    branches have no bias; a batch norm folded into the convolution for inference, models/fold.py, gives one.)"""
     rows, cols = reading_taps(x.shape[-2], dilation), reading_taps(x.shape[-1], dilation)
     padding = (dilation if rows.start == 0 else 0, dilation if cols.start == 0 else 0)
-    return F.conv2d(x, weight[:, :, rows, cols], padding=padding, dilation=dilation)
+    return F.conv2d(x, weight[:, :, rows, cols], bias, padding=padding, dilation=dilation)
 
 
 class _ASPPModule(nn.Module):
@@ -45,7 +47,7 @@ class _ASPPModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.atrous_conv.kernel_size == (1, 1):
             return self.relu(self.bn(self.atrous_conv(x)))
-        return self.relu(self.bn(atrous_conv2d(x, self.atrous_conv.weight, self.dilation)))
+        return self.relu(self.bn(atrous_conv2d(x, self.atrous_conv.weight, self.dilation, self.atrous_conv.bias)))
 
 
 class ASPP(nn.Module):
