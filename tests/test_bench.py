@@ -121,6 +121,12 @@ def test_train_step_bench_reports_counted_fractions(tmp_path):
     # the original's whole step took its turns too, and its first step matched ours
     assert row["orig"]["step_s"] > 0 and row["speedup_vs_orig"] > 0
     assert row["orig_equivalence"]["match"] and result["check"]["original_step_matches"]
+    # the ratio per round of the steps in turns, whose spread is the run's noise on it
+    paired = row["speedup_vs_orig_paired"]
+    assert paired["rounds"] == 1 and paired["min"] == paired["median"] == paired["max"] == pytest.approx(
+        row["orig"]["turn_runs_s"][0] / row["ours"]["turn_runs_s"][0], abs=1e-3)
+    assert result["targets"]["fp32_vs_orig_never_slower_within_noise"] == (paired["max"] >= 1.0)
+    assert "per round in turns" in proc.stdout
 
 
 def test_original_step_matches_ours_on_a_tiny_model():
