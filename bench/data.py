@@ -101,7 +101,8 @@ def main() -> int:
         print(f"{crop:>5} {a['ours']:11.1f} {a['baseline']:15.1f} {r['ratio']:5.2f}x | {b['ours']:22.1f} "
               f"{b['baseline']:26.1f}")
     for name, n in needs.items():
-        print(f"{name}: {n['images_per_s']} img/s -> {n['workers']} workers of this machine's speed")
+        plural = "s" if n["workers"] != 1 else ""
+        print(f"{name}: {n['images_per_s']} img/s -> {n['workers']} worker{plural} of this machine's speed")
     path = write_results("data", {"images": args.images, "rounds": args.rounds, "figures": results,
                                   "gpu_workers_needed": needs}, path=args.out)
     print(f"wrote {os.path.relpath(path, ROOT)}")
