@@ -199,14 +199,11 @@ def equivalence(backbone: str, batch: int, size: int, device: torch.device) -> d
 def alternate(variants: list[dict], rounds: int) -> None:
     """More timed steps of the variants in turns (ours, spec, orig, ours, ...), so that a change of the machine's
     load during the run hits all alike; the step time becomes the median over all timed steps of a variant."""
-    for r in variants:
-        r["turn_runs_s"] = []
     for _ in range(rounds):
         for r in variants:
-            t = round(r["timed_step"](), 4)
-            r["step_runs_s"].append(t)
-            r["turn_runs_s"].append(t)
+            r["step_runs_s"].append(round(r["timed_step"](), 4))
     for r in variants:
+        r["turn_runs_s"] = r["step_runs_s"][-rounds:]  # the steps taken in turns (paired_ratio)
         r["step_s"] = round(statistics.median(r["step_runs_s"]), 4)
         r["images_per_s"] = round(r["batch"] / r["step_s"], 3)
         del r["timed_step"]
