@@ -8,7 +8,7 @@ Measured on this project's machines (bench/README.md; bench/train_step.py and be
   left off: it has not been measured to pay for this model.
 * CPU with native bf16 (AVX512-BF16 or AMX): bf16 autocast, whose convolutions oneDNN runs in bf16, in
   channels_last, the layout of oneDNN's bf16 convolutions. On a 2-core AMD EPYC with AVX512-BF16 a training step
-  (batch 2 at 321) ran 2.2x (resnet38) and 2.3x (vgg16) faster than the original's float32 step; a 3x3
+  (batch 2 at 321) ran 2.2x (resnet38) and 2.0x (vgg16) faster than the original's float32 step; a 3x3
   convolution of 256 channels on 81x81 maps ran 857 GFLOP/s in bf16 against 197 in float32. There float32 in
   channels_last was 1.04x (resnet38) to 1.10x (vgg16) faster for training than contiguous at 321, too little to
   leave the original's layout for the float32 default.
